@@ -1,0 +1,1 @@
+"""Benchmarks that print one JSON object on their last line of output."""

@@ -1,0 +1,142 @@
+"""Config building and validation: the keys every task understands, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Iterable
+
+import ml_collections
+
+from jaxsynth.errors import ConfigError
+
+DATA_SOURCES = ("npz", "folder", "tfds", "digits", "synthetic")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def base_config(task: str) -> ml_collections.ConfigDict:
+  """Returns the keys shared by every task, with defaults; recipe files adjust them."""
+  config = ml_collections.ConfigDict()
+  config.task = task
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "digits"        # npz | folder | tfds | digits | synthetic
+  data.path = ""                # file or directory of the source (npz, folder, synthetic)
+  data.tfds_name = ""           # TFDS builder name, e.g. "mnist" (source=tfds)
+  data.tfds_data_dir = ""       # directory holding the prepared TFDS data (source=tfds)
+  data.image_size = 0           # resize to this square size; 0 keeps the native size
+  data.channels = 0             # 1 or 3 converts gray<->RGB; 0 keeps the native channels
+  data.num_classes = 0          # 0 infers it from the data
+  data.imbalance_ratio = 0.0    # > 1 long-tails the train split: n_max / n_min, exponential
+  data.class_counts = ()        # explicit train count per class (overrides imbalance_ratio)
+  data.val_fraction = 0.1       # held out of train for sources without a val split
+  data.test_fraction = 0.1      # held out of train for sources without a test split
+  data.mean = 0.5               # images are scaled to [0, 1], then (x - mean) / std
+  data.std = 0.5
+  data.threads = 4              # grain reader threads
+  data.prefetch = 4             # batches prefetched ahead of the train step
+  data.augment = aug = ml_collections.ConfigDict()
+  aug.random_crop = False       # pad by crop_padding (reflect) and crop back at random
+  aug.crop_padding = 4
+  aug.hflip = False
+  aug.vflip = False
+  aug.rotation = 0.0            # max rotation in degrees (e.g. 30.0)
+  aug.color_jitter = 0.0        # brightness/contrast/saturation strength in [0, 1)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "resnet18"
+  model.stem = "small"          # small (3x3 conv, no pool; for 28-64 px) | imagenet (7x7 + pool)
+  model.width = 64              # channels of the first stage
+  model.dtype = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 128        # global batch over all devices and hosts
+  train.eval_batch_size = 256
+  train.epochs = 10.0
+  train.steps = 0               # > 0 overrides epochs
+  train.optimizer = "adam"      # sgd | adam | adamw
+  train.learning_rate = 1e-3
+  train.momentum = 0.9          # sgd momentum
+  train.nesterov = False
+  train.weight_decay = 0.0      # decoupled for adamw, L2 on the gradient for sgd and adam
+  train.schedule = "constant"   # constant | cosine | step
+  train.warmup_epochs = 0.0
+  train.decay_epochs = ()       # step schedule: multiply the rate by decay_factor at these epochs
+  train.decay_factor = 0.1
+  train.grad_clip = 0.0         # global-norm clip; 0 disables
+  train.ema_decay = 0.0         # 0 keeps EMA params equal to the params
+  train.label_smoothing = 0.0
+  train.log_every = 10          # steps between log.jsonl lines
+  train.eval_every = 0          # steps between validations; 0 = once per epoch
+  train.checkpoint_every = 0    # steps between checkpoints; 0 = at every validation
+  train.keep_checkpoints = 2
+  train.select_metric = "balanced_accuracy"  # validation metric of the best checkpoint
+  train.select_mode = "max"     # max | min
+
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1                # devices on the data axis; -1 = all devices of all hosts
+
+  config.recipe = recipe = ml_collections.ConfigDict()
+  recipe.name = "ce"
+
+  config.evaluate = ev = ml_collections.ConfigDict()
+  ev.run_dir = ""               # the train_classifier workdir to evaluate ("" = --workdir)
+  ev.checkpoint = "best"        # best | latest: which checkpoint is evaluated
+  ev.splits = ("val", "test")
+  ev.positive_class = 1         # binary tasks: the class whose recall is sensitivity
+  return config
+
+
+def _require(condition: bool, key: str, value: Any, fix: str) -> None:
+  if not condition:
+    raise ConfigError(f"config key '{key}' has bad value {value!r}: {fix}")
+
+
+def _one_of(key: str, value: Any, choices: Iterable[str]) -> None:
+  choices = tuple(choices)
+  _require(value in choices, key, value, f"use one of {', '.join(choices)}")
+
+
+def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> None:
+  """Raises ConfigError naming the first bad key; checks what every task shares."""
+  _one_of("task", config.task, sorted(known_tasks))
+  data, train = config.data, config.train
+  _one_of("data.source", data.source, DATA_SOURCES)
+  if data.source in ("npz", "folder", "synthetic"):
+    _require(bool(data.path), "data.path", data.path,
+             f"data.source={data.source} needs --config.data.path=FILE_OR_DIR")
+  if data.source == "tfds":
+    _require(bool(data.tfds_name), "data.tfds_name", data.tfds_name,
+             "data.source=tfds needs --config.data.tfds_name=NAME")
+  _require(data.image_size >= 0, "data.image_size", data.image_size, "use 0 (native) or > 0")
+  _require(data.channels in (0, 1, 3), "data.channels", data.channels, "use 0, 1 or 3")
+  _require(data.imbalance_ratio == 0 or data.imbalance_ratio >= 1, "data.imbalance_ratio",
+           data.imbalance_ratio, "use 0 (as is) or a ratio >= 1")
+  _require(all(int(c) >= 1 for c in data.class_counts), "data.class_counts", data.class_counts,
+           "every class needs at least 1 sample")
+  for key in ("val_fraction", "test_fraction"):
+    _require(0 <= data[key] < 1, f"data.{key}", data[key], "use a fraction in [0, 1)")
+  _require(data.std > 0, "data.std", data.std, "use a positive number")
+  _require(0 <= data.augment.color_jitter < 1, "data.augment.color_jitter",
+           data.augment.color_jitter, "use a strength in [0, 1)")
+  _require(train.batch_size > 0, "train.batch_size", train.batch_size, "use a positive integer")
+  _require(train.eval_batch_size > 0, "train.eval_batch_size", train.eval_batch_size,
+           "use a positive integer")
+  _require(train.steps > 0 or train.epochs > 0, "train.epochs", train.epochs,
+           "set train.epochs > 0 or train.steps > 0")
+  _one_of("train.optimizer", train.optimizer, OPTIMIZERS)
+  _one_of("train.schedule", train.schedule, SCHEDULES)
+  _require(train.learning_rate > 0 and math.isfinite(train.learning_rate),
+           "train.learning_rate", train.learning_rate, "use a positive number")
+  _require(0 <= train.ema_decay < 1, "train.ema_decay", train.ema_decay, "use a value in [0, 1)")
+  _one_of("train.select_mode", train.select_mode, ("max", "min"))
+  _one_of("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _require(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
+           "use -1 (all devices) or a positive device count")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """Serialises the resolved config as stable, sorted JSON."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)

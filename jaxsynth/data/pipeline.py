@@ -1,0 +1,92 @@
+"""grain pipelines: deterministic training batches and evaluation batches that see every sample once.
+
+Every sample drawn for training has a *global position* g = step * global_batch + slot. The
+position alone fixes which record it is (through an index order, e.g. a fresh permutation per
+epoch) and its augmentation randomness, so a batch is the same whatever the number of processes,
+and a run resumed at step s reads exactly the batches an uninterrupted run reads from step s.
+Process p of P reads slots [p * B/P, (p+1) * B/P) of each global batch of size B.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterator
+
+import grain
+import numpy as np
+
+from jaxsynth.data import augment
+from jaxsynth.data.base import ImageSource
+
+_AUGMENT_STREAM = 1  # keeps augmentation draws apart from the index-order draws of the same seed
+
+
+class EpochShuffle:
+  """Instance-balanced order: a new permutation of all samples every epoch."""
+
+  def __init__(self, num_samples: int, seed: int):
+    self.num_samples, self.seed = num_samples, seed
+
+  @functools.lru_cache(maxsize=4)
+  def permutation(self, epoch: int) -> np.ndarray:
+    """The sample order of `epoch`, from the generator seeded by (seed, epoch)."""
+    return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+
+  def __call__(self, position: int) -> int:
+    epoch, offset = divmod(position, self.num_samples)
+    return int(self.permutation(epoch)[offset])
+
+
+def _local_to_global(local_position: int, global_batch: int, process_index: int,
+                     process_count: int) -> int:
+  local_batch = global_batch // process_count
+  step, slot = divmod(local_position, local_batch)
+  return step * global_batch + process_index * local_batch + slot
+
+
+def train_dataset(source: ImageSource, data_cfg, *, global_batch: int, seed: int,
+                  start_step: int, num_steps: int, process_index: int = 0, process_count: int = 1,
+                  index_order: Callable[[int], int] | None = None) -> grain.IterDataset:
+  """Batches for steps [start_step, num_steps): {"image": float32, "label": int32} per process."""
+  if len(source) == 0:
+    raise ValueError(f"training split of {source.name} is empty")
+  order = index_order or EpochShuffle(len(source), seed)
+  local_batch = global_batch // process_count
+
+  def load(local_position: int) -> dict:
+    g = _local_to_global(local_position, global_batch, process_index, process_count)
+    record = source[order(g)]
+    rng = np.random.default_rng([seed, _AUGMENT_STREAM, g])
+    return {"image": augment.preprocess(record["image"], data_cfg, rng),
+            "label": np.int32(record["label"])}
+
+  positions = grain.MapDataset.range(start_step * local_batch, num_steps * local_batch)
+  batches = positions.map(load).batch(local_batch, drop_remainder=True)
+  return batches.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.threads,
+                                                   prefetch_buffer_size=data_cfg.prefetch))
+
+
+def num_eval_batches(num_samples: int, global_batch: int) -> int:
+  """Batches needed to see every sample once (the last one padded)."""
+  return -(-num_samples // global_batch)
+
+
+def eval_dataset(source: ImageSource, data_cfg, *, global_batch: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """Every sample exactly once, in order, padded to whole batches; `mask` is 0 on padding."""
+  n = len(source)
+  if n == 0:
+    raise ValueError(f"evaluation split of {source.name} is empty")
+  local_batch = global_batch // process_count
+  steps = num_eval_batches(n, global_batch)
+
+  def load(local_position: int) -> dict:
+    g = _local_to_global(local_position, global_batch, process_index, process_count)
+    record = source[min(g, n - 1)]
+    return {"image": augment.preprocess(record["image"], data_cfg, None),
+            "label": np.int32(record["label"]), "mask": np.float32(g < n),
+            "index": np.int32(g)}
+
+  batches = grain.MapDataset.range(steps * local_batch).map(load).batch(local_batch)
+  return batches.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.threads,
+                                                   prefetch_buffer_size=data_cfg.prefetch))

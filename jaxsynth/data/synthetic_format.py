@@ -1,0 +1,185 @@
+"""The on-disk format of a sampling sweep (GUIDE section 7): read, validate and write it.
+
+A sweep directory (`WORKDIR/samples/`) holds `manifest.json` and shards `shard-NNNNN.npz`.
+
+`manifest.json` is a JSON object with these keys (readers ignore any others, so the sampler
+may add its settings, progress or provenance):
+
+  num_classes   int > 0; every label lies in [0, num_classes)
+  image_shape   [H, W, C]; the shape of every image
+  shards        [{"file": "shard-00000.npz", "count": N}, ...]: the finished shards in sample
+                order; `file` is relative to the directory, `count` its number of samples
+  class_names   optional list of num_classes strings
+
+Each shard is an uncompressed, pickle-free .npz with `images` uint8 (N, H, W, C), `labels`
+int64 (N,) and `index` int64 (N,), the global sample index. A shard is written once to a
+temporary name and renamed into place; a finished shard never changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from jaxsynth.errors import DataError
+
+MANIFEST = "manifest.json"
+SAMPLES_DIR = "samples"
+REQUIRED_KEYS = ("num_classes", "image_shape", "shards")
+
+
+def shard_filename(shard_id: int) -> str:
+  """The file name of shard `shard_id`, e.g. `shard-00003.npz`."""
+  return f"shard-{int(shard_id):05d}.npz"
+
+
+def samples_dir(path: str) -> str:
+  """The sweep directory of `path`: itself if it holds a manifest, else `path/samples`."""
+  if os.path.isfile(os.path.join(path, MANIFEST)):
+    return path
+  nested = os.path.join(path, SAMPLES_DIR)
+  if os.path.isfile(os.path.join(nested, MANIFEST)):
+    return nested
+  if not os.path.isdir(path):
+    raise DataError(f"synthetic data directory {path} does not exist: set data.path to a "
+                    f"workdir of a sampling run or to its {SAMPLES_DIR}/ folder")
+  raise DataError(f"no {MANIFEST} in {path} or {nested}: set data.path to a workdir of a "
+                  f"finished sampling run or to its {SAMPLES_DIR}/ folder")
+
+
+def _atomic_write(path: str, write) -> None:
+  directory = os.path.dirname(path) or "."
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_shard(directory: str, shard_id: int, images, labels, index,
+                overwrite: bool = False) -> dict:
+  """Writes one shard atomically; returns its manifest entry `{"file", "count"}`."""
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  index = np.asarray(index)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise DataError(f"shard {shard_id}: images must be uint8 (N, H, W, C), "
+                    f"got {images.dtype} {images.shape}")
+  n = images.shape[0]
+  for key, array in (("labels", labels), ("index", index)):
+    if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
+      raise DataError(f"shard {shard_id}: {key} must be integers of shape ({n},), "
+                      f"got {array.dtype} {array.shape}")
+  os.makedirs(directory, exist_ok=True)
+  name = shard_filename(shard_id)
+  path = os.path.join(directory, name)
+  if os.path.exists(path) and not overwrite:
+    raise DataError(f"shard {path} already exists and a finished shard never changes: "
+                    "skip it, or pass overwrite=True")
+  _atomic_write(path, lambda f: np.savez(f, images=images, labels=labels.astype(np.int64),
+                                         index=index.astype(np.int64)))
+  return {"file": name, "count": int(n)}
+
+
+def validate_manifest(manifest: dict, where: str) -> dict:
+  """Raises DataError naming `where` and the key unless `manifest` has the fields above."""
+  if not isinstance(manifest, dict):
+    raise DataError(f"{where} must hold a JSON object, got {type(manifest).__name__}")
+  missing = [k for k in REQUIRED_KEYS if k not in manifest]
+  if missing:
+    raise DataError(f"{where} lacks key(s) {missing}; keys present: {sorted(manifest)}. "
+                    f"A sweep manifest needs {list(REQUIRED_KEYS)}")
+  num_classes, shape, shards = (manifest[k] for k in REQUIRED_KEYS)
+  if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+    raise DataError(f"{where} key 'num_classes' is {num_classes!r}: use a positive integer")
+  if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+      or not all(isinstance(d, int) and d > 0 for d in shape)):
+    raise DataError(f"{where} key 'image_shape' is {shape!r}: use [H, W, C] positive integers")
+  if not isinstance(shards, (list, tuple)):
+    raise DataError(f"{where} key 'shards' must be a list of {{'file', 'count'}} objects")
+  for k, entry in enumerate(shards):
+    if (not isinstance(entry, dict) or not isinstance(entry.get("file"), str)
+        or not isinstance(entry.get("count"), int) or entry["count"] < 0):
+      raise DataError(f"{where} key 'shards' entry {k} is {entry!r}: use "
+                      '{"file": "shard-00000.npz", "count": N}')
+  names = manifest.get("class_names")
+  if names is not None and (not isinstance(names, (list, tuple)) or len(names) != num_classes):
+    raise DataError(f"{where} key 'class_names' must list {num_classes} names, got {names!r}")
+  return manifest
+
+
+def write_manifest(directory: str, manifest: dict) -> str:
+  """Validates `manifest` and writes `directory/manifest.json` atomically; returns its path."""
+  path = os.path.join(directory, MANIFEST)
+  validate_manifest(manifest, path)
+  os.makedirs(directory, exist_ok=True)
+  text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+  _atomic_write(path, lambda f: f.write(text))
+  return path
+
+
+def read_manifest(directory: str) -> dict:
+  """Reads and validates `directory/manifest.json`."""
+  path = os.path.join(directory, MANIFEST)
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except FileNotFoundError:
+    raise DataError(f"{path} does not exist: point data.path at a finished sampling run")
+  except (OSError, ValueError) as e:
+    raise DataError(f"{path} is not valid JSON ({e}): re-run the sampling stage") from None
+  return validate_manifest(manifest, path)
+
+
+def _load(directory: str, entry: dict, keys: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+  path = os.path.join(directory, entry["file"])
+  try:
+    with np.load(path, allow_pickle=False) as shard:
+      missing = [k for k in keys if k not in shard.files]
+      if missing:
+        raise DataError(f"shard {path} has no key(s) {missing}; keys present: "
+                        f"{sorted(shard.files)}. Re-run the sampling stage for this shard")
+      arrays = tuple(shard[k] for k in keys)
+  except FileNotFoundError:
+    raise DataError(f"shard {path} listed in {MANIFEST} does not exist: re-run the sampling "
+                    "stage (it resumes) or remove the entry") from None
+  except DataError:
+    raise
+  except Exception as e:  # zipfile, pickle and format errors all mean a damaged shard
+    raise DataError(f"shard {path} cannot be read ({e}): delete it and re-run the sampling "
+                    "stage") from None
+  for key, array in zip(keys, arrays):
+    if array.shape[:1] != (entry["count"],):
+      raise DataError(f"shard {path} key '{key}' has {array.shape[:1]} rows but {MANIFEST} "
+                      f"says {entry['count']}: delete the shard and re-run the sampling stage")
+  return arrays
+
+
+def read_shard_labels(directory: str, entry: dict) -> tuple[np.ndarray, np.ndarray]:
+  """The `labels` and `index` of one shard (its images are not read)."""
+  labels, index = _load(directory, entry, ("labels", "index"))
+  path = os.path.join(directory, entry["file"])
+  for key, array in (("labels", labels), ("index", index)):
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+      raise DataError(f"shard {path} key '{key}' must be integers (N,), "
+                      f"got {array.dtype} {array.shape}")
+  return labels.astype(np.int64), index.astype(np.int64)
+
+
+def read_shard_images(directory: str, entry: dict, image_shape) -> np.ndarray:
+  """The uint8 (N, H, W, C) `images` of one shard, checked against `image_shape`."""
+  (images,) = _load(directory, entry, ("images",))
+  if images.dtype != np.uint8 or images.shape[1:] != tuple(image_shape):
+    raise DataError(f"shard {os.path.join(directory, entry['file'])} key 'images' is "
+                    f"{images.dtype} {images.shape}, but the manifest says uint8 "
+                    f"(N, {', '.join(map(str, image_shape))}): re-run the sampling stage")
+  return images

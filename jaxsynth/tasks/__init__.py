@@ -1,0 +1,17 @@
+"""Tasks selected by `config.task`; each is a function (config, workdir, overwrite) -> None."""
+
+from __future__ import annotations
+
+import importlib
+
+# task name -> "module:function"; later issues register their tasks here.
+TASKS = {
+    "train_classifier": "jaxsynth.tasks.classifier:train_and_evaluate",
+    "evaluate": "jaxsynth.tasks.classifier:evaluate",
+}
+
+
+def get_task(name: str):
+  """Imports and returns the function that runs task `name`."""
+  module, function = TASKS[name].split(":")
+  return getattr(importlib.import_module(module), function)

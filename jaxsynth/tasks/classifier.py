@@ -1,0 +1,250 @@
+"""Tasks `train_classifier` and `evaluate`: train an image classifier and report clinical metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsynth.data import pipeline
+from jaxsynth.data.base import ImageSource
+from jaxsynth.data.sources import open_source
+from jaxsynth.errors import CheckpointError, ConfigError
+from jaxsynth.metrics.classification import classification_metrics
+from jaxsynth.models.registry import make_classifier
+from jaxsynth.recipes.losses import make_loss
+from jaxsynth.training import parallel, train_state, workdir as workdir_lib
+from jaxsynth.training.checkpoint import Checkpointer
+from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
+from jaxsynth.training.optim import learning_rate_schedule, make_optimizer
+from jaxsynth.training.writers import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Setup:
+  """What the classifier tasks derive from the config: data, model, mesh and step counts."""
+  train: ImageSource
+  model: nn.Module
+  mesh: jax.sharding.Mesh
+  input_shape: tuple[int, int, int]
+  num_classes: int
+  steps_per_epoch: int
+  total_steps: int
+
+
+def input_shape(data_cfg, source: ImageSource) -> tuple[int, int, int]:
+  """The (H, W, C) the model sees after resizing and channel conversion."""
+  h, w, c = source.image_shape
+  size = data_cfg.image_size
+  return (size, size, data_cfg.channels or c) if size else (h, w, data_cfg.channels or c)
+
+
+def build_setup(config) -> Setup:
+  """Opens the train split and derives model, mesh and schedule lengths from the config."""
+  train = open_source(config.data, "train", seed=config.seed)
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.check_batch_divisible(config.train.batch_size, mesh, "train.batch_size")
+  parallel.check_batch_divisible(config.train.eval_batch_size, mesh, "train.eval_batch_size")
+  steps_per_epoch = max(1, -(-len(train) // config.train.batch_size))
+  total = (config.train.steps if config.train.steps > 0
+           else max(1, int(round(config.train.epochs * steps_per_epoch))))
+  model = make_classifier(config.model, train.num_classes)
+  return Setup(train, model, mesh, input_shape(config.data, train), train.num_classes,
+               steps_per_epoch, total)
+
+
+def init_state(model: nn.Module, tx, shape, seed: int, mesh) -> train_state.TrainState:
+  """Initialises the train state from the root key of `seed`, replicated over the mesh."""
+
+  def init(root):
+    init_key, state_key = jax.random.split(root)
+    variables = model.init(init_key, jnp.zeros((1, *shape), jnp.float32), train=False)
+    variables = dict(variables)
+    params = variables.pop("params")
+    return train_state.create(params, variables, tx, state_key)
+
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
+
+
+def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, mesh):
+  """The jitted, donated step: (state, batch) -> (state, metrics) on a batch-sharded batch."""
+
+  def step(state: train_state.TrainState, batch):
+    images = jax.lax.with_sharding_constraint(batch["image"], parallel.batch_sharding(mesh))
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+
+    def compute_loss(params):
+      logits, new_model_state = model.apply(
+          {"params": params, **state.model_state}, images, train=True,
+          mutable=list(state.model_state), rngs={"dropout": dropout_key})
+      return loss_fn(logits, batch["label"]), (logits, new_model_state)
+
+    (loss, (logits, model_state)), grads = jax.value_and_grad(
+        compute_loss, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    new_state = state.replace(
+        step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
+        ema_params=train_state.ema_update(state.ema_params, params, ema_decay))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+    return new_state, metrics
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_predict_step(model: nn.Module, use_ema: bool, mesh):
+  """The jitted evaluation forward: (state, images) -> class probabilities, batch-sharded."""
+
+  def predict(state: train_state.TrainState, images):
+    params = state.ema_params if use_ema else state.params
+    logits = model.apply({"params": params, **state.model_state}, images, train=False)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  return jax.jit(predict, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.batch_sharding(mesh))
+
+
+def predict_split(predict, state, source: ImageSource, data_cfg, global_batch: int, mesh):
+  """Class probabilities for every sample of `source` exactly once: (labels, probs) in order."""
+  sharding = parallel.batch_sharding(mesh)
+  labels, probs, masks = [], [], []
+  for batch in pipeline.eval_dataset(source, data_cfg, global_batch=global_batch,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    global_batch_arrays = parallel.to_global(batch, sharding)
+    out = predict(state, global_batch_arrays["image"])
+    host = parallel.to_host({"probs": out, "label": global_batch_arrays["label"],
+                             "mask": global_batch_arrays["mask"]})
+    probs.append(host["probs"])
+    labels.append(host["label"])
+    masks.append(host["mask"])
+  keep = np.concatenate(masks) > 0
+  return np.concatenate(labels)[keep].astype(np.int64), np.concatenate(probs)[keep]
+
+
+def _global_batches(dataset, mesh):
+  sharding = parallel.batch_sharding(mesh)
+  for batch in dataset:
+    yield parallel.to_global(batch, sharding)
+
+
+def train_and_evaluate(config, workdir: str, overwrite: bool = False,
+                       stop: StopRequest | None = None) -> dict:
+  """Trains the classifier (resuming if `workdir` holds an unfinished run), then evaluates."""
+  workdir_lib.prepare(workdir, config, overwrite)
+  setup = build_setup(config)
+  log.info("train split of %s: %d samples, class counts %s", setup.train.name,
+               len(setup.train), setup.train.class_counts().tolist())
+  val = open_source(config.data, "val", seed=config.seed)
+  schedule = learning_rate_schedule(config.train, setup.steps_per_epoch, setup.total_steps)
+  tx = make_optimizer(config.train, schedule)
+  state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh)
+  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
+  meta = {}
+  if checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(state)
+    log.info("resuming from step %d", int(jax.device_get(state.step)))
+  start = int(jax.device_get(state.step))
+
+  loss_fn = make_loss(config, setup.train.class_counts(), setup.num_classes)
+  step_fn = make_train_step(setup.model, tx, loss_fn, schedule, config.train.ema_decay,
+                            setup.mesh)
+  use_ema = config.train.ema_decay > 0
+  predict = make_predict_step(setup.model, use_ema, setup.mesh)
+
+  def validate(current_state) -> dict:
+    labels, probs = predict_split(predict, current_state, val, config.data,
+                                  config.train.eval_batch_size, setup.mesh)
+    return classification_metrics(labels, probs, setup.num_classes,
+                                  positive_class=config.evaluate.positive_class)
+
+  dataset = pipeline.train_dataset(
+      setup.train, config.data, global_batch=config.train.batch_size, seed=config.seed,
+      start_step=start, num_steps=setup.total_steps, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  eval_every = config.train.eval_every or setup.steps_per_epoch
+  settings = LoopSettings(total_steps=setup.total_steps, log_every=config.train.log_every,
+                          eval_every=eval_every,
+                          checkpoint_every=config.train.checkpoint_every or eval_every,
+                          select_metric=config.train.select_metric,
+                          select_mode=config.train.select_mode)
+  writer = MetricWriter(workdir)
+  try:
+    state, meta = train_loop(state, step_fn, _global_batches(dataset, setup.mesh), settings,
+                             checkpointer, writer, validate, meta, stop)
+    results = _evaluate_checkpoint(config, setup, checkpointer, state, predict, workdir)
+  finally:
+    writer.close()
+    checkpointer.close()
+  return results
+
+
+def _evaluate_checkpoint(config, setup: Setup, checkpointer: Checkpointer, state, predict,
+                         out_dir: str) -> dict:
+  """Evaluates the chosen checkpoint on the configured splits; writes metrics and predictions."""
+  which = config.evaluate.checkpoint
+  if checkpointer.latest_step(which) is None:
+    raise CheckpointError(f"no '{which}' checkpoint in {checkpointer.latest.directory}/..; "
+                          "train first, or set evaluate.checkpoint=latest")
+  state, meta = checkpointer.restore(state, which)
+  results = {"checkpoint": {"which": which, "step": int(meta["step"])}}
+  predictions = {}
+  for split in config.evaluate.splits:
+    source = open_source(config.data, split, seed=config.seed)
+    labels, probs = predict_split(predict, state, source, config.data,
+                                  config.train.eval_batch_size, setup.mesh)
+    results[split] = classification_metrics(labels, probs, setup.num_classes,
+                                            positive_class=config.evaluate.positive_class)
+    predictions[f"{split}_labels"] = labels
+    predictions[f"{split}_probs"] = probs
+  if jax.process_index() == 0:
+    workdir_lib.write_npz(os.path.join(out_dir, "predictions.npz"), **predictions)
+    workdir_lib.write_json(os.path.join(out_dir, workdir_lib.METRICS_FILE), results)
+  summary = {split: {k: round(results[split][k], 4) for k in
+                     ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
+             for split in config.evaluate.splits}
+  log.info("metrics of the %s checkpoint (step %d): %s", which, meta["step"],
+               json.dumps(summary))
+  return results
+
+
+def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
+  """Evaluates a trained run (`evaluate.run_dir`, default the workdir) into `workdir`."""
+  run_dir = config.evaluate.run_dir or workdir
+  trained_config = os.path.join(run_dir, workdir_lib.CONFIG_FILE)
+  if not os.path.exists(trained_config):
+    raise CheckpointError(f"{trained_config} not found: evaluate.run_dir must be the --workdir "
+                          "of a train_classifier run")
+  with open(trained_config, encoding="utf-8") as f:
+    trained_model = json.load(f)["model"]
+  if trained_model != config.model.to_dict():
+    raise ConfigError(f"config 'model' {config.model.to_dict()} differs from the trained run's "
+                      f"{trained_model} in {trained_config}; pass the same model keys")
+  metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
+  if os.path.exists(metrics_path) and not overwrite:
+    raise CheckpointError(f"{metrics_path} exists; pass --overwrite or choose another --workdir")
+  os.makedirs(workdir, exist_ok=True)
+  setup = build_setup(config)
+  tx = make_optimizer(config.train, learning_rate_schedule(
+      config.train, setup.steps_per_epoch, setup.total_steps))
+  state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh)
+  checkpointer = Checkpointer(run_dir, config.train.keep_checkpoints)
+  predict = make_predict_step(setup.model, config.train.ema_decay > 0, setup.mesh)
+  try:
+    return _evaluate_checkpoint(config, setup, checkpointer, state, predict, workdir)
+  finally:
+    checkpointer.close()
