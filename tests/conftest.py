@@ -32,3 +32,15 @@ def make_array_source(n: int = 50, size: int = 8, channels: int = 1, num_classes
 @pytest.fixture
 def array_source():
   return make_array_source()
+
+
+def pytest_configure(config):
+  """Shares compiled XLA programs between tests (many compile the same tiny models)."""
+  import os
+  import tempfile
+
+  import jax
+  cache = os.environ.get("JAXSYNTH_TEST_XLA_CACHE") or os.path.join(tempfile.gettempdir(),
+                                                                    "jaxsynth-test-xla-cache")
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

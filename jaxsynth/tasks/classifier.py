@@ -72,7 +72,10 @@ def init_state(model: nn.Module, tx, shape, seed: int, mesh) -> train_state.Trai
     params = variables.pop("params")
     return train_state.create(params, variables, tx, state_key)
 
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
+  # Non-partitionable threefry compiles the ~100 initialiser draws 4x faster on CPU; the
+  # state is replicated, so partitioning the draws buys nothing here.
+  with jax.threefry_partitionable(False):
+    return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
 
 
 def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, mesh):
@@ -92,7 +95,7 @@ def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, m
         compute_loss, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     new_state = state.replace(
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
         ema_params=train_state.ema_update(state.ema_params, params, ema_decay))

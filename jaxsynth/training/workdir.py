@@ -93,6 +93,9 @@ def prepare(workdir: str, config, overwrite: bool) -> bool:
           f"{workdir} holds an unfinished run with another config ({'; '.join(changes[:5])}); "
           "rerun with the same config to resume, pass --overwrite, or choose another --workdir")
     resuming = True
+  # Several processes: all have looked before process 0 creates anything, so they all see the
+  # same files (same `resuming`, same barriers above), whichever process is slower.
+  _barrier("jaxsynth-prepare-checked")
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     write_json(config_path, resolved)
