@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -12,6 +13,7 @@ from ml_collections import config_flags
 from jaxsynth import config as config_lib
 from jaxsynth.errors import JaxsynthError
 from jaxsynth.tasks import TASKS, get_task
+from jaxsynth.training.loop import Preempted
 from jaxsynth.training import distributed
 
 FLAGS = flags.FLAGS
@@ -24,6 +26,33 @@ flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", -1, "Multi-host: index of this process.")
 flags.DEFINE_bool("distributed_auto", False, "Multi-host: let JAX detect SLURM / TPU VM.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _one_line(error: BaseException) -> str:
+  text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+  text = text.replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+  return " ".join(text.split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the command line; a bad flag, config file, key or type is one line and exit 2."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.task  # the config file loads lazily: surface its errors here
+    return rest
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, IOError) as e:
+    text = _one_line(e)
+    typo = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    if typo:
+      message = (f"unknown config key '{typo.group(2)}' (did you mean '{typo.group(1)}'?); "
+                 "configs are locked, so every key must exist in the config file")
+    elif isinstance(e, (KeyError, AttributeError)):
+      message = (f"unknown config key {text.strip(chr(34))}; configs are locked, so every key "
+                 "must exist in the config file")
+    else:
+      message = text
+    print(f"jaxsynth: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -40,7 +69,10 @@ def main(argv):
   except JaxsynthError as e:
     print(f"jaxsynth: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Preempted as e:
+    print(f"jaxsynth: {e}", file=sys.stderr)
+    sys.exit(3)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

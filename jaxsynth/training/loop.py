@@ -46,6 +46,17 @@ class Preempted(Exception):
   """Raised after a stop request once the state is checkpointed; rerun the command to resume."""
 
 
+def _agreed_stop(stop: StopRequest, step: int, every: int) -> bool:
+  """Whether to stop after `step`; on several hosts all agree, checked every `every` steps."""
+  if jax.process_count() == 1:
+    return stop(step)
+  if step % every:
+    return False
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(np.array(stop(step)))
+  return bool(np.any(flags))
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
   if best is None:
     return True
@@ -119,7 +130,7 @@ def train_loop(state, step_fn: Callable, batches: Iterator, settings: LoopSettin
           save("best")
       if step % settings.checkpoint_every == 0 or last:
         save("latest")
-      if not last and stop(step):
+      if not last and _agreed_stop(stop, step, settings.log_every):
         save("latest")
         checkpointer.wait()
         raise Preempted(f"stopped at step {step} on request; the checkpoint is saved, "
