@@ -26,6 +26,9 @@ class Checkpointer:
   def save(self, step: int, state, meta: dict[str, Any], which: str = "latest") -> None:
     """Saves (state, meta) as step `step` of `latest` or `best`; meta must be JSON-serialisable."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    # The two managers' asynchronous finalisers share orbax's multi-host barrier names; one
+    # saving while the other finalises fails on several hosts, so they take turns.
+    self._manager("best" if which == "latest" else "latest").wait_until_finished()
     self._manager(which).save(step, args=args, force=True)
 
   def latest_step(self, which: str = "latest") -> int | None:
