@@ -115,9 +115,9 @@ def train_loop(state, step_fn: Callable, batches: Iterator, settings: LoopSettin
         check_finite()
         scalars = _mean_scalars(pending)
         pending = []
+        progress.update(step, scalars)
         scalars["steps_per_s"] = progress.rate(step)
         writer.scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-        progress.update(step, scalars)
       if evaluate_fn is not None and (step % settings.eval_every == 0 or last):
         check_finite()
         results = evaluate_fn(state)
