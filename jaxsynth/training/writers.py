@@ -23,6 +23,20 @@ def _plain(value):
   return value
 
 
+def image_grid(images: np.ndarray, columns: int = 8, mean: float = 0.5, std: float = 0.5):
+  """Tiles normalised (N, H, W, C) images into one uint8 (rows*H, columns*W, 3) grid."""
+  images = np.clip((np.asarray(images, np.float32) * std + mean) * 255.0, 0, 255).astype(np.uint8)
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  n, h, w, c = images.shape
+  rows = -(-n // columns)
+  grid = np.zeros((rows * h, columns * w, c), np.uint8)
+  for i, image in enumerate(images):
+    r, col = divmod(i, columns)
+    grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+  return grid
+
+
 class MetricWriter:
   """Writes scalars to `log.jsonl` and TensorBoard (tensorboardX) on process 0 only."""
 

@@ -1,0 +1,102 @@
+"""Shared pieces of the sources: the `_Source` base, `ArraySource`, image decoding, `_Backend`."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Callable
+
+import numpy as np
+
+from jaxsynth.data.base import ImageSource
+from jaxsynth.errors import DataError
+
+#: Seed of every fixed split (holdouts, digits): independent of the run seed on purpose.
+SPLIT_SEED = 0
+#: PIL modes decoded as 8-bit gray ("L") or RGB; alpha channels are dropped.
+_PIL_MODES = {"1": "L", "L": "L", "LA": "L", "P": "RGB", "PA": "RGB", "RGB": "RGB",
+              "RGBA": "RGB", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB",
+              "HSV": "RGB"}
+
+
+class _Source(ImageSource):
+  """An ImageSource that names where sample i comes from and pickles without locks/caches."""
+
+  def describe(self, index: int) -> str:
+    """Where sample `index` lives, for error messages."""
+    return f"{self.name} sample {index}"
+
+  def _reset(self) -> None:
+    """Creates the unpicklable state (locks, caches)."""
+
+  def __getstate__(self) -> dict:
+    state = dict(self.__dict__)
+    for key in [k for k in state if k.startswith("_cache") or k == "_lock"]:
+      del state[key]
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._reset()
+
+
+class ArraySource(_Source):
+  """Images held in memory as one uint8 (N, H, W, C) array."""
+
+  def __init__(self, images: np.ndarray, labels, num_classes: int = 0, groups=None,
+               class_names: tuple[str, ...] = (), name: str = "arrays"):
+    labels = np.asarray(labels, dtype=np.int64)
+    super().__init__(labels, num_classes or _max_label(labels) + 1, images.shape[1:], groups,
+                     class_names)
+    self.images = images
+    self.name = name
+
+  def load_image(self, index: int) -> np.ndarray:
+    return self.images[index]
+
+
+def _decode_image(data, channels: int, where: str) -> np.ndarray:
+  """Decodes a file path or encoded bytes with PIL to uint8 (H, W, 1 or 3)."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+  source = io.BytesIO(data) if isinstance(data, bytes) else data
+  try:
+    with Image.open(source) as image:
+      image.load()
+      native = _PIL_MODES.get(image.mode)
+      if native is None:
+        raise DataError(f"{where} is a {image.mode!r} image, not 8-bit gray or colour: convert "
+                        "it to 8-bit (e.g. PIL .convert('L') after scaling to 0..255)")
+      target = {1: "L", 3: "RGB"}.get(channels, native)
+      array = np.asarray(image if image.mode == target else image.convert(target),
+                         dtype=np.uint8)
+  except FileNotFoundError:
+    raise DataError(f"{where} does not exist: fix the path or remove the row") from None
+  except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+    raise DataError(f"{where} cannot be decoded as an image ({e}): replace the file or remove "
+                    "its row") from None
+  return array[..., None] if array.ndim == 2 else array
+
+
+def _check_image_shape(image: np.ndarray, expected: tuple[int, ...], image_size: int,
+                       where: str, first: str) -> None:
+  """Channel counts must match; sizes must match unless data.image_size resizes them."""
+  if image.shape[2] != expected[2]:
+    raise DataError(f"{where} has {image.shape[2]} channel(s) but {first} has {expected[2]}: "
+                    "convert the images to one mode, or set data.channels=1 or 3")
+  if image_size <= 0 and image.shape[:2] != tuple(expected[:2]):
+    raise DataError(f"{where} is {image.shape[0]}x{image.shape[1]} but {first} is "
+                    f"{expected[0]}x{expected[1]}: resize the images to one size, or set "
+                    "data.image_size to resize them on loading")
+
+
+@dataclasses.dataclass
+class _Backend:
+  """The splits a data set ships with (opened on demand) and the classes it declares."""
+  name: str
+  openers: dict[str, Callable[[], ImageSource]]
+  num_classes: int = 0
+  class_names: tuple[str, ...] = ()
+
+
+def _max_label(labels: np.ndarray) -> int:
+  return int(labels.max()) if labels.size else -1
