@@ -79,7 +79,11 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   mesh.data = -1                # devices on the data axis; -1 = all devices of all hosts
 
   config.recipe = recipe = ml_collections.ConfigDict()
-  recipe.name = "ce"
+  recipe.name = "ce"            # loss and sampler together; see configs/recipes.py for the list
+  recipe.class_weights = "inverse"  # weighted_ce(_sampler): inverse | sqrt_inverse | effective
+  recipe.beta = 0.9999          # effective-number beta in [0, 1) (Cui et al.): effective, cb_focal
+  recipe.gamma = 2.0            # focal exponent (Lin et al.): focal, cb_focal; 0 = cross-entropy
+  recipe.sampler_q = 0.0        # weighted(_ce)_sampler: class drawn with p_c ~ n_c^q (0 = balanced)
 
   config.evaluate = ev = ml_collections.ConfigDict()
   ev.run_dir = ""               # the train_classifier workdir to evaluate ("" = --workdir)

@@ -18,7 +18,16 @@ import numpy as np
 from jaxsynth.data import augment
 from jaxsynth.data.base import ImageSource
 
-_AUGMENT_STREAM = 1  # keeps augmentation draws apart from the index-order draws of the same seed
+# Host-side random streams: every generator is seeded by (seed, stream, counter) with a distinct
+# non-zero stream tag, so no two streams can share a seed (numpy ignores trailing zeros).
+ORDER_STREAM = 1       # counter = epoch: the instance-balanced permutation
+AUGMENT_STREAM = 2     # counter = global sample position: augmentation draws
+SAMPLER_STREAM = 3     # counter = epoch: class-aware samplers (recipes/samplers.py)
+
+
+def stream_rng(seed: int, stream: int, counter: int) -> np.random.Generator:
+  """The numpy generator of `counter` (epoch or position) in random stream `stream`."""
+  return np.random.default_rng([seed, stream, counter])
 
 
 class EpochShuffle:
@@ -30,7 +39,7 @@ class EpochShuffle:
   @functools.lru_cache(maxsize=4)
   def permutation(self, epoch: int) -> np.ndarray:
     """The sample order of `epoch`, from the generator seeded by (seed, epoch)."""
-    return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+    return stream_rng(self.seed, ORDER_STREAM, epoch).permutation(self.num_samples)
 
   def __call__(self, position: int) -> int:
     epoch, offset = divmod(position, self.num_samples)
@@ -56,7 +65,7 @@ def train_dataset(source: ImageSource, data_cfg, *, global_batch: int, seed: int
   def load(local_position: int) -> dict:
     g = _local_to_global(local_position, global_batch, process_index, process_count)
     record = source[order(g)]
-    rng = np.random.default_rng([seed, _AUGMENT_STREAM, g])
+    rng = stream_rng(seed, AUGMENT_STREAM, g)
     return {"image": augment.preprocess(record["image"], data_cfg, rng),
             "label": np.int32(record["label"])}
 

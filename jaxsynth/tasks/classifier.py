@@ -19,7 +19,8 @@ from jaxsynth.data.sources import open_source
 from jaxsynth.errors import CheckpointError, ConfigError
 from jaxsynth.metrics.classification import classification_metrics
 from jaxsynth.models.registry import make_classifier
-from jaxsynth.recipes.losses import make_loss
+from jaxsynth.recipes.losses import make_loss, num_outputs, probabilities
+from jaxsynth.recipes.samplers import make_index_order
 from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
@@ -57,7 +58,7 @@ def build_setup(config) -> Setup:
   steps_per_epoch = max(1, -(-len(train) // config.train.batch_size))
   total = (config.train.steps if config.train.steps > 0
            else max(1, int(round(config.train.epochs * steps_per_epoch))))
-  model = make_classifier(config.model, train.num_classes)
+  model = make_classifier(config.model, num_outputs(config, train.num_classes))
   return Setup(train, model, mesh, input_shape(config.data, train), train.num_classes,
                steps_per_epoch, total)
 
@@ -78,8 +79,12 @@ def init_state(model: nn.Module, tx, shape, seed: int, mesh) -> train_state.Trai
     return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
 
 
-def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, mesh):
+def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, mesh,
+                    probs_fn=None):
   """The jitted, donated step: (state, batch) -> (state, metrics) on a batch-sharded batch."""
+  # probs_fn maps logits to class probabilities for the accuracy; None means softmax, whose
+  # argmax is the logits' argmax.
+  scores = probs_fn or (lambda logits: logits)
 
   def step(state: train_state.TrainState, batch):
     images = jax.lax.with_sharding_constraint(batch["image"], parallel.batch_sharding(mesh))
@@ -100,7 +105,7 @@ def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, m
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
         ema_params=train_state.ema_update(state.ema_params, params, ema_decay))
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "accuracy": jnp.mean(jnp.argmax(scores(logits), -1) == batch["label"]),
                "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
     return new_state, metrics
 
@@ -109,13 +114,16 @@ def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, m
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def make_predict_step(model: nn.Module, use_ema: bool, mesh):
+def make_predict_step(model: nn.Module, use_ema: bool, mesh, probs_fn=None):
   """The jitted evaluation forward: (state, images) -> class probabilities, batch-sharded."""
+  # probs_fn maps logits to (N, num_classes) probabilities (recipes.losses.probabilities);
+  # None means softmax.
+  probs_fn = probs_fn or (lambda logits: jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
 
   def predict(state: train_state.TrainState, images):
     params = state.ema_params if use_ema else state.params
     logits = model.apply({"params": params, **state.model_state}, images, train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return probs_fn(logits)
 
   return jax.jit(predict, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                  out_shardings=parallel.batch_sharding(mesh))
@@ -165,9 +173,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
 
   loss_fn = make_loss(config, setup.train.class_counts(), setup.num_classes)
   step_fn = make_train_step(setup.model, tx, loss_fn, schedule, config.train.ema_decay,
-                            setup.mesh)
+                            setup.mesh, probabilities(config))
   use_ema = config.train.ema_decay > 0
-  predict = make_predict_step(setup.model, use_ema, setup.mesh)
+  predict = make_predict_step(setup.model, use_ema, setup.mesh, probabilities(config))
 
   def validate(current_state) -> dict:
     labels, probs = predict_split(predict, current_state, val, config.data,
@@ -178,7 +186,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
   dataset = pipeline.train_dataset(
       setup.train, config.data, global_batch=config.train.batch_size, seed=config.seed,
       start_step=start, num_steps=setup.total_steps, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(),
+      index_order=make_index_order(config, setup.train.labels, setup.num_classes,
+                                   setup.steps_per_epoch, setup.total_steps))
   eval_every = config.train.eval_every or setup.steps_per_epoch
   settings = LoopSettings(total_steps=setup.total_steps, log_every=config.train.log_every,
                           eval_every=eval_every,
@@ -233,10 +243,16 @@ def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
     raise CheckpointError(f"{trained_config} not found: evaluate.run_dir must be the --workdir "
                           "of a train_classifier run")
   with open(trained_config, encoding="utf-8") as f:
-    trained_model = json.load(f)["model"]
+    trained = json.load(f)
+  trained_model = trained["model"]
   if trained_model != config.model.to_dict():
     raise ConfigError(f"config 'model' {config.model.to_dict()} differs from the trained run's "
                       f"{trained_model} in {trained_config}; pass the same model keys")
+  trained_recipe = trained.get("recipe", {}).get("name", "ce")
+  if (trained_recipe == "bce") != (config.recipe.name == "bce"):
+    raise ConfigError(f"config 'recipe.name' {config.recipe.name!r} and the trained run's "
+                      f"{trained_recipe!r} ({trained_config}) give different heads (bce has one "
+                      f"logit); pass --config.recipe.name={trained_recipe}")
   metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
   if os.path.exists(metrics_path) and not overwrite:
     raise CheckpointError(f"{metrics_path} exists; pass --overwrite or choose another --workdir")
@@ -246,7 +262,8 @@ def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
       config.train, setup.steps_per_epoch, setup.total_steps))
   state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh)
   checkpointer = Checkpointer(run_dir, config.train.keep_checkpoints)
-  predict = make_predict_step(setup.model, config.train.ema_decay > 0, setup.mesh)
+  predict = make_predict_step(setup.model, config.train.ema_decay > 0, setup.mesh,
+                              probabilities(config))
   try:
     return _evaluate_checkpoint(config, setup, checkpointer, state, predict, workdir)
   finally:
