@@ -25,7 +25,7 @@ from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
 from jaxsynth.training.optim import learning_rate_schedule, make_optimizer
-from jaxsynth.training.writers import MetricWriter
+from jaxsynth.training.writers import MetricWriter, image_grid
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,12 @@ def predict_split(predict, state, source: ImageSource, data_cfg, global_batch: i
   return np.concatenate(labels)[keep].astype(np.int64), np.concatenate(probs)[keep]
 
 
-def _global_batches(dataset, mesh):
+def _global_batches(dataset, mesh, preview=None):
   sharding = parallel.batch_sharding(mesh)
   for batch in dataset:
+    if preview is not None:
+      preview(batch)
+      preview = None
     yield parallel.to_global(batch, sharding)
 
 
@@ -196,9 +199,15 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
                           select_metric=config.train.select_metric,
                           select_mode=config.train.select_mode)
   writer = MetricWriter(workdir)
+
+  def preview(local_batch):
+    grid = image_grid(local_batch["image"][:64], mean=config.data.mean, std=config.data.std)
+    writer.image(start, "train/first_batch", grid)
+
   try:
-    state, meta = train_loop(state, step_fn, _global_batches(dataset, setup.mesh), settings,
-                             checkpointer, writer, validate, meta, stop)
+    batches = _global_batches(dataset, setup.mesh, preview)
+    state, meta = train_loop(state, step_fn, batches, settings, checkpointer, writer, validate,
+                             meta, stop)
     results = _evaluate_checkpoint(config, setup, checkpointer, state, predict, workdir)
   finally:
     writer.close()
