@@ -41,11 +41,6 @@ def check_batch_divisible(global_batch: int, mesh: Mesh, key: str) -> None:
                       f"{devices} devices on the data axis")
 
 
-def local_batch_size(global_batch: int) -> int:
-  """This process's share of a global batch."""
-  return global_batch // jax.process_count()
-
-
 def to_global(local_batch: dict, sharding: NamedSharding) -> dict:
   """Assembles each process's local numpy batch into one global, batch-sharded jax.Array."""
   return jax.tree.map(
@@ -58,3 +53,13 @@ def to_host(tree):
   if jax.process_count() == 1:
     return jax.device_get(tree)
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def global_batches(dataset, mesh: Mesh, preview=None):
+  """Yields each local batch of `dataset` as a global batch-sharded array; `preview` sees the first."""
+  sharding = batch_sharding(mesh)
+  for batch in dataset:
+    if preview is not None:
+      preview(batch)
+      preview = None
+    yield to_global(batch, sharding)

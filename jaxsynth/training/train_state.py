@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxsynth.training import parallel
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -34,8 +36,3 @@ def ema_update(ema, params, decay: float):
     return params
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
-
-def all_finite(*trees) -> jax.Array:
-  """True when every float leaf of the trees is finite."""
-  leaves = [x for t in trees for x in jax.tree.leaves(t) if jnp.issubdtype(x.dtype, jnp.floating)]
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
