@@ -20,6 +20,16 @@ Variants:
   progressive_sampler     instance- to class-balanced over the epochs (Kang et al. 2020); CE
   weighted_sampler        class drawn with p_c ~ n_c^recipe.sampler_q (0: balanced); CE
   weighted_ce_sampler     weighted sampler and weighted CE together (as DiffuPT tests it)
+
+Decoupled two-stage recipes (Kang et al. 2020): stage 1 is `ce` with instance-balanced
+sampling (WORKDIR/stage1), stage 2 (WORKDIR/stage2) starts from its best checkpoint and runs
+recipe.stage2_epochs (or recipe.stage2_steps) with class-balanced sampling at
+recipe.stage2_learning_rate (0 = train.learning_rate), recipe.stage2_schedule:
+  crt                     re-initialise the head, re-train it on frozen features
+  lws                     learn a per-class logit scale f_i; backbone and head frozen
+  tau_norm                no training: head rows w_i / ||w_i||^tau, tau from recipe.tau_grid on val
+  multistage_sampler      fine-tune the whole network at a tenth of the stage-1 rate (DiffuPT's
+                          "multi-stage + sampler" baseline)
 """
 
 from configs import classifier, default
@@ -43,4 +53,7 @@ def get_config(variant: str | None = None):
     config.recipe.beta = 0.9999
   if name in ("weighted_sampler", "weighted_ce_sampler"):
     config.recipe.sampler_q = 0.0
+  if name == "multistage_sampler":
+    # Fixed here: a later --config.train.learning_rate does not move it.
+    config.recipe.stage2_learning_rate = 0.1 * config.train.learning_rate
   return config

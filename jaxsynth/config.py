@@ -13,6 +13,7 @@ from jaxsynth.errors import ConfigError
 DATA_SOURCES = ("npz", "folder", "tfds", "digits", "synthetic")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
+THRESHOLDS = ("argmax", "youden", "max_harmonic_mean")
 
 
 def base_config(task: str) -> ml_collections.ConfigDict:
@@ -50,6 +51,17 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   model.stem = "small"          # small (3x3 conv, no pool; for 28-64 px) | imagenet (7x7 + pool)
   model.width = 64              # channels of the first stage
   model.dtype = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
+  # Swin (swin_t/s/b/l) and ViT (vit_s/b) only; ResNets ignore these. See models/swin.py for the
+  # patch/window chosen per image size when they are 0.
+  model.patch_size = 0          # patch side in px; 0 = by image size (Swin: 2 up to 32 px, else 4)
+  model.window_size = 0         # Swin attention window in tokens; 0 = by image size (7 at 224 px)
+  model.drop_path = 0.1         # stochastic depth rate of the last block (linear from 0)
+  model.embed_dim = 0           # 0 = the variant's (Swin-T 96); smaller for tiny test models
+  model.depths = ()             # blocks per stage, () = the variant's (Swin-T (2, 2, 6, 2); ViT (12,))
+  model.num_heads = ()          # heads per stage, () = the variant's (Swin-T (3, 6, 12, 24); ViT (6,))
+  # Start from timm weights: a .safetensors (or .pth/.bin when torch is installed) state dict of
+  # the same architecture; loaded by models.convert.apply_pretrained after init. "" = random init.
+  model.pretrained = ""
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 128        # global batch over all devices and hosts
@@ -84,12 +96,23 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   recipe.beta = 0.9999          # effective-number beta in [0, 1) (Cui et al.): effective, cb_focal
   recipe.gamma = 2.0            # focal exponent (Lin et al.): focal, cb_focal; 0 = cross-entropy
   recipe.sampler_q = 0.0        # weighted(_ce)_sampler: class drawn with p_c ~ n_c^q (0 = balanced)
+  # Decoupled two-stage recipes (crt, lws, tau_norm, multistage_sampler; Kang et al. 2020):
+  # stage 1 trains as `ce` into WORKDIR/stage1, stage 2 runs in WORKDIR/stage2.
+  recipe.stage2_epochs = 10.0   # stage-2 length in epochs (crt, lws, multistage_sampler)
+  recipe.stage2_steps = 0       # > 0 overrides stage2_epochs
+  recipe.stage2_learning_rate = 0.0  # stage-2 peak rate; 0 = train.learning_rate
+  recipe.stage2_schedule = "cosine"  # stage-2 rate schedule: constant | cosine
+  recipe.tau_grid = tuple(round(0.1 * i, 1) for i in range(21))  # tau_norm: tau candidates,
+                                # chosen on val by train.select_metric (0 = the stage-1 head)
 
   config.evaluate = ev = ml_collections.ConfigDict()
   ev.run_dir = ""               # the train_classifier workdir to evaluate ("" = --workdir)
   ev.checkpoint = "best"        # best | latest: which checkpoint is evaluated
   ev.splits = ("val", "test")
   ev.positive_class = 1         # binary tasks: the class whose recall is sensitivity
+  ev.threshold = "argmax"       # binary tasks: argmax | youden | max_harmonic_mean; the last two
+                                # pick p(positive) >= t on val and apply t to every split
+  ev.bootstrap = 0              # resamples for 95% percentile intervals per split; 0 = off
   return config
 
 
@@ -137,6 +160,9 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
   _require(0 <= train.ema_decay < 1, "train.ema_decay", train.ema_decay, "use a value in [0, 1)")
   _one_of("train.select_mode", train.select_mode, ("max", "min"))
   _one_of("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _one_of("evaluate.threshold", config.evaluate.threshold, THRESHOLDS)
+  _require(config.evaluate.bootstrap >= 0, "evaluate.bootstrap", config.evaluate.bootstrap,
+           "use 0 (off) or a number of resamples, e.g. 1000")
   _require(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
            "use -1 (all devices) or a positive device count")
 

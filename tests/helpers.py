@@ -7,7 +7,7 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
-from configs import default
+from configs import default, diffusion
 
 
 def tiny_config(steps: int = 6, **overrides):
@@ -22,6 +22,11 @@ def tiny_config(steps: int = 6, **overrides):
   config.train.eval_every = 3
   config.train.log_every = 1
   config.train.keep_checkpoints = 10
+  return override(config, **overrides)
+
+
+def override(config, **overrides):
+  """Sets `a__b=value` keys (double underscore for a dot) of `config`; returns it."""
   for dotted, value in overrides.items():
     node = config
     *parents, leaf = dotted.split("__")
@@ -29,6 +34,25 @@ def tiny_config(steps: int = 6, **overrides):
       node = node[parent]
     node[leaf] = value
   return config
+
+
+def tiny_diffusion_config(name: str = "unet", steps: int = 6, **overrides):
+  """A diffusion run shrunk to seconds: 8 px digits, a tiny UNet or DiT, T = 100, batch 16."""
+  config = diffusion.get_config(name)
+  config.data.image_size = 8
+  config.data.threads = 2
+  config.model.unet.update(channels=(16, 32), res_blocks=1, attn_resolutions=(), head_dim=8,
+                           norm_groups=8, mid_attention=False, dropout=0.1)
+  config.model.dit.update(hidden_size=32, depth=2, num_heads=2, dropout=0.1)
+  config.diffusion.num_timesteps = 100
+  config.diffusion.sample_steps = 5
+  config.diffusion.grid_per_class = 2
+  config.diffusion.val_batches = 1
+  config.train.update(batch_size=16, eval_batch_size=32, steps=steps, log_every=1, eval_every=3,
+                      checkpoint_every=2, sample_every=3, keep_checkpoints=10,
+                      learning_rate=1e-3)
+  config.sample.update(num_steps=5, shard_size=6, batch_size=4)
+  return override(config, **overrides)
 
 
 def checkpoint_steps(workdir: str, which: str = "latest") -> list[int]:

@@ -75,6 +75,13 @@ def train_dataset(source: ImageSource, data_cfg, *, global_batch: int, seed: int
                                                    prefetch_buffer_size=data_cfg.prefetch))
 
 
+def input_shape(data_cfg, source: ImageSource) -> tuple[int, int, int]:
+  """The (H, W, C) a model sees after resizing and channel conversion."""
+  h, w, c = source.image_shape
+  size = data_cfg.image_size
+  return (size, size, data_cfg.channels or c) if size else (h, w, data_cfg.channels or c)
+
+
 def num_eval_batches(num_samples: int, global_batch: int) -> int:
   """Batches needed to see every sample once (the last one padded)."""
   return -(-num_samples // global_batch)

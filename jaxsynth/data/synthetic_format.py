@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -85,9 +86,18 @@ def write_shard(directory: str, shard_id: int, images, labels, index,
   if os.path.exists(path) and not overwrite:
     raise DataError(f"shard {path} already exists and a finished shard never changes: "
                     "skip it, or pass overwrite=True")
-  _atomic_write(path, lambda f: np.savez(f, images=images, labels=labels.astype(np.int64),
-                                         index=index.astype(np.int64)))
+  arrays = {"images": images, "labels": labels.astype(np.int64), "index": index.astype(np.int64)}
+  _atomic_write(path, lambda f: _write_npz(f, arrays))
   return {"file": name, "count": int(n)}
+
+
+def _write_npz(f, arrays: dict) -> None:
+  """np.savez's format (stored, zip64), but with a fixed timestamp: equal arrays, equal bytes."""
+  with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    for key, array in arrays.items():
+      info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+      with archive.open(info, "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def validate_manifest(manifest: dict, where: str) -> dict:

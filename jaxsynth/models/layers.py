@@ -3,7 +3,7 @@
 XLA's CPU convolution is pathologically slow on tiny feature maps (a 3x3 conv on a 2x2 map
 with 512 channels runs at ~1 GFLOP/s, 60x below a matmul) and in the weight gradient of
 strided convs. There an explicit im2col - k*k shifted slices concatenated, then one matmul -
-runs near matmul speed. `bench/conv_formulations.py` measures both.
+runs near matmul speed. `bench/sampler.py --conv-impl xla|im2col|auto` compares them.
 """
 
 from __future__ import annotations

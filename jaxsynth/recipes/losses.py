@@ -163,6 +163,12 @@ LOSSES = {
     "progressive_sampler": _ce,
     "weighted_sampler": _ce,
     "weighted_ce_sampler": _weighted_ce,  # DiffuPT: weighted sampler AND weighted CE
+    # Decoupled two-stage recipes (jaxsynth.recipes.decoupled): CE in both stages, as Kang et
+    # al. 2020 train them; the stage-2 sampler is class-balanced.
+    "crt": _ce,
+    "lws": _ce,
+    "tau_norm": _ce,
+    "multistage_sampler": _ce,
 }
 
 

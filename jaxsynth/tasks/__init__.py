@@ -8,6 +8,8 @@ import importlib
 TASKS = {
     "train_classifier": "jaxsynth.tasks.classifier:train_and_evaluate",
     "evaluate": "jaxsynth.tasks.classifier:evaluate",
+    "train_diffusion": "jaxsynth.tasks.diffusion:train_diffusion",
+    "sample": "jaxsynth.tasks.sample:sample",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -13,11 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxsynth import config as config_lib
 from jaxsynth.data import pipeline
 from jaxsynth.data.base import ImageSource
+from jaxsynth.data.pipeline import input_shape
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import CheckpointError, ConfigError
+from jaxsynth.metrics import report
 from jaxsynth.metrics.classification import classification_metrics
+from jaxsynth.models import convert
 from jaxsynth.models.registry import make_classifier
 from jaxsynth.recipes.losses import make_loss, num_outputs, probabilities
 from jaxsynth.recipes.samplers import make_index_order
@@ -25,6 +30,7 @@ from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
 from jaxsynth.training.optim import learning_rate_schedule, make_optimizer
+from jaxsynth.training.train_state import init_state
 from jaxsynth.training.writers import MetricWriter, image_grid
 
 log = logging.getLogger(__name__)
@@ -42,13 +48,6 @@ class Setup:
   total_steps: int
 
 
-def input_shape(data_cfg, source: ImageSource) -> tuple[int, int, int]:
-  """The (H, W, C) the model sees after resizing and channel conversion."""
-  h, w, c = source.image_shape
-  size = data_cfg.image_size
-  return (size, size, data_cfg.channels or c) if size else (h, w, data_cfg.channels or c)
-
-
 def build_setup(config) -> Setup:
   """Opens the train split and derives model, mesh and schedule lengths from the config."""
   train = open_source(config.data, "train", seed=config.seed)
@@ -59,38 +58,33 @@ def build_setup(config) -> Setup:
   total = (config.train.steps if config.train.steps > 0
            else max(1, int(round(config.train.epochs * steps_per_epoch))))
   model = make_classifier(config.model, num_outputs(config, train.num_classes))
+  report.check_select_metric(config.train.select_metric, train.num_classes)
   return Setup(train, model, mesh, input_shape(config.data, train), train.num_classes,
                steps_per_epoch, total)
 
 
-def init_state(model: nn.Module, tx, shape, seed: int, mesh) -> train_state.TrainState:
-  """Initialises the train state from the root key of `seed`, replicated over the mesh."""
-
-  def init(root):
-    init_key, state_key = jax.random.split(root)
-    variables = model.init(init_key, jnp.zeros((1, *shape), jnp.float32), train=False)
-    variables = dict(variables)
-    params = variables.pop("params")
-    return train_state.create(params, variables, tx, state_key)
-
-  # Non-partitionable threefry compiles the ~100 initialiser draws 4x faster on CPU; the
-  # state is replicated, so partitioning the draws buys nothing here.
-  with jax.threefry_partitionable(False):
-    return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
-
-
 def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, mesh,
-                    probs_fn=None):
+                    probs_fn=None, trainable=None):
   """The jitted, donated step: (state, batch) -> (state, metrics) on a batch-sharded batch."""
   # probs_fn maps logits to class probabilities for the accuracy; None means softmax, whose
-  # argmax is the logits' argmax.
+  # argmax is the logits' argmax. trainable is a pytree of Python bools shaped like the params
+  # (None: all train); frozen leaves get no gradient (none is computed) and leave the step
+  # bit-identical, params and EMA alike (the decoupled recipes freeze the backbone this way).
   scores = probs_fn or (lambda logits: logits)
+
+  def select(new, old):
+    if trainable is None:
+      return new
+    return jax.tree.map(lambda t, a, b: a if t else b, trainable, new, old)
 
   def step(state: train_state.TrainState, batch):
     images = jax.lax.with_sharding_constraint(batch["image"], parallel.batch_sharding(mesh))
     dropout_key = jax.random.fold_in(state.rng, state.step)
 
     def compute_loss(params):
+      if trainable is not None:
+        params = jax.tree.map(lambda t, p: p if t else jax.lax.stop_gradient(p), trainable,
+                              params)
       logits, new_model_state = model.apply(
           {"params": params, **state.model_state}, images, train=True,
           mutable=list(state.model_state), rngs={"dropout": dropout_key})
@@ -99,11 +93,12 @@ def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, m
     (loss, (logits, model_state)), grads = jax.value_and_grad(
         compute_loss, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = select(optax.apply_updates(state.params, updates), state.params)
     grad_norm = optax.tree.norm(grads)
     new_state = state.replace(
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
-        ema_params=train_state.ema_update(state.ema_params, params, ema_decay))
+        ema_params=select(train_state.ema_update(state.ema_params, params, ema_decay),
+                          state.ema_params))
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                "accuracy": jnp.mean(jnp.argmax(scores(logits), -1) == batch["label"]),
                "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
@@ -147,27 +142,54 @@ def predict_split(predict, state, source: ImageSource, data_cfg, global_batch: i
   return np.concatenate(labels)[keep].astype(np.int64), np.concatenate(probs)[keep]
 
 
-def _global_batches(dataset, mesh, preview=None):
-  sharding = parallel.batch_sharding(mesh)
-  for batch in dataset:
-    if preview is not None:
-      preview(batch)
-      preview = None
-    yield parallel.to_global(batch, sharding)
+@dataclasses.dataclass
+class Plan:
+  """One training run on a Setup: initial state, optimiser, schedule, sample order, what trains."""
+  state: train_state.TrainState
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  index_order: object           # position -> source index (recipes.samplers)
+  trainable: object = None      # pytree of bools like the params; None = every param trains
+
+
+def plan_training(config, setup: Setup) -> Plan:
+  """The plan of a plain run: fresh init, config.train's optimiser, the recipe's sampler."""
+  schedule = learning_rate_schedule(config.train, setup.steps_per_epoch, setup.total_steps)
+  tx = make_optimizer(config.train, schedule)
+  pretrained = None
+  if config.model.pretrained:
+    pretrained = functools.partial(convert.apply_pretrained, config.model)
+  state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh,
+                     pretrained=pretrained)
+  order = make_index_order(config, setup.train.labels, setup.num_classes,
+                           setup.steps_per_epoch, setup.total_steps)
+  return Plan(state, tx, schedule, order)
 
 
 def train_and_evaluate(config, workdir: str, overwrite: bool = False,
                        stop: StopRequest | None = None) -> dict:
   """Trains the classifier (resuming if `workdir` holds an unfinished run), then evaluates."""
+  from jaxsynth.recipes import decoupled  # decoupled builds on this module
+  if config.recipe.name in decoupled.RECIPES:
+    return decoupled.train_and_evaluate(config, workdir, overwrite, stop)
   workdir_lib.prepare(workdir, config, overwrite)
   setup = build_setup(config)
+  return run_stage(config, setup, plan_training(config, setup), workdir, stop=stop)
+
+
+def run_stage(config, setup: Setup, plan: Plan, directory: str, out_dir: str | None = None,
+              stop: StopRequest | None = None, extra: dict | None = None) -> dict:
+  """Trains `plan` with checkpoints and logs in `directory` (resuming), then evaluates.
+
+  Training runs to setup.total_steps under config.train's loop settings; the checkpoint
+  `evaluate.checkpoint` is then evaluated into `out_dir` (default `directory`); `extra`
+  entries are added to its metrics.json.
+  """
   log.info("train split of %s: %d samples, class counts %s", setup.train.name,
-               len(setup.train), setup.train.class_counts().tolist())
+           len(setup.train), setup.train.class_counts().tolist())
   val = open_source(config.data, "val", seed=config.seed)
-  schedule = learning_rate_schedule(config.train, setup.steps_per_epoch, setup.total_steps)
-  tx = make_optimizer(config.train, schedule)
-  state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh)
-  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
+  state = plan.state
+  checkpointer = Checkpointer(directory, config.train.keep_checkpoints)
   meta = {}
   if checkpointer.latest_step() is not None:
     state, meta = checkpointer.restore(state)
@@ -175,8 +197,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
   start = int(jax.device_get(state.step))
 
   loss_fn = make_loss(config, setup.train.class_counts(), setup.num_classes)
-  step_fn = make_train_step(setup.model, tx, loss_fn, schedule, config.train.ema_decay,
-                            setup.mesh, probabilities(config))
+  step_fn = make_train_step(setup.model, plan.tx, loss_fn, plan.schedule,
+                            config.train.ema_decay, setup.mesh, probabilities(config),
+                            plan.trainable)
   use_ema = config.train.ema_decay > 0
   predict = make_predict_step(setup.model, use_ema, setup.mesh, probabilities(config))
 
@@ -189,26 +212,25 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
   dataset = pipeline.train_dataset(
       setup.train, config.data, global_batch=config.train.batch_size, seed=config.seed,
       start_step=start, num_steps=setup.total_steps, process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      index_order=make_index_order(config, setup.train.labels, setup.num_classes,
-                                   setup.steps_per_epoch, setup.total_steps))
+      process_count=jax.process_count(), index_order=plan.index_order)
   eval_every = config.train.eval_every or setup.steps_per_epoch
   settings = LoopSettings(total_steps=setup.total_steps, log_every=config.train.log_every,
                           eval_every=eval_every,
                           checkpoint_every=config.train.checkpoint_every or eval_every,
                           select_metric=config.train.select_metric,
                           select_mode=config.train.select_mode)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(directory)
 
   def preview(local_batch):
     grid = image_grid(local_batch["image"][:64], mean=config.data.mean, std=config.data.std)
     writer.image(start, "train/first_batch", grid)
 
   try:
-    batches = _global_batches(dataset, setup.mesh, preview)
+    batches = parallel.global_batches(dataset, setup.mesh, preview)
     state, meta = train_loop(state, step_fn, batches, settings, checkpointer, writer, validate,
                              meta, stop)
-    results = _evaluate_checkpoint(config, setup, checkpointer, state, predict, workdir)
+    results = _evaluate_checkpoint(config, setup, checkpointer, state, predict,
+                                   out_dir or directory, extra)
   finally:
     writer.close()
     checkpointer.close()
@@ -216,7 +238,7 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
 
 
 def _evaluate_checkpoint(config, setup: Setup, checkpointer: Checkpointer, state, predict,
-                         out_dir: str) -> dict:
+                         out_dir: str, extra: dict | None = None) -> dict:
   """Evaluates the chosen checkpoint on the configured splits; writes metrics and predictions."""
   which = config.evaluate.checkpoint
   if checkpointer.latest_step(which) is None:
@@ -227,25 +249,66 @@ def _evaluate_checkpoint(config, setup: Setup, checkpointer: Checkpointer, state
   predictions = {}
   for split in config.evaluate.splits:
     source = open_source(config.data, split, seed=config.seed)
-    labels, probs = predict_split(predict, state, source, config.data,
-                                  config.train.eval_batch_size, setup.mesh)
-    results[split] = classification_metrics(labels, probs, setup.num_classes,
-                                            positive_class=config.evaluate.positive_class)
-    predictions[f"{split}_labels"] = labels
-    predictions[f"{split}_probs"] = probs
+    predictions[split] = predict_split(predict, state, source, config.data,
+                                       config.train.eval_batch_size, setup.mesh)
+  results.update(score_predictions(config, setup.num_classes, predictions, state, predict,
+                                   setup))
+  results.update(extra or {})
   if jax.process_index() == 0:
-    workdir_lib.write_npz(os.path.join(out_dir, "predictions.npz"), **predictions)
+    arrays = {}
+    for split, (labels, probs) in predictions.items():
+      if split in config.evaluate.splits:
+        arrays[f"{split}_labels"], arrays[f"{split}_probs"] = labels, probs
+    workdir_lib.write_npz(os.path.join(out_dir, "predictions.npz"), **arrays)
     workdir_lib.write_json(os.path.join(out_dir, workdir_lib.METRICS_FILE), results)
-  summary = {split: {k: round(results[split][k], 4) for k in
-                     ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
+    report.write_report(out_dir, results, setup.train.class_names)
+  summary = {split: {k: None if results[split][k] is None else round(results[split][k], 4)
+                     for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
              for split in config.evaluate.splits}
   log.info("metrics of the %s checkpoint (step %d): %s", which, meta["step"],
-               json.dumps(summary))
+           json.dumps(summary))
   return results
 
 
-def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
-  """Evaluates a trained run (`evaluate.run_dir`, default the workdir) into `workdir`."""
+def score_predictions(config, num_classes: int, predictions: dict, state=None, predict=None,
+                      setup: Setup | None = None) -> dict:
+  """Metrics per split of {split: (labels, probs)}, with the operating threshold and bootstrap.
+
+  A binary threshold (evaluate.threshold youden | max_harmonic_mean) is chosen on val (predicted
+  here with `predict` when val is not among evaluate.splits) and applied to every split; each
+  split records it under `threshold` (None = argmax) and, with evaluate.bootstrap > 0, its
+  95% intervals under `ci95`.
+  """
+  ev = config.evaluate
+  method = ev.threshold
+  threshold = None
+  if method != "argmax":
+    if num_classes != 2:
+      log.warning("evaluate.threshold=%s applies to two classes only; the %d-class task uses "
+                  "argmax", method, num_classes)
+    else:
+      if "val" not in predictions:
+        val = open_source(config.data, "val", seed=config.seed)
+        predictions["val"] = predict_split(predict, state, val, config.data,
+                                           config.train.eval_batch_size, setup.mesh)
+      threshold = report.select_threshold(*predictions["val"], method, ev.positive_class)
+  out = {"evaluation": {"threshold_method": method if threshold is not None else "argmax",
+                        "threshold_split": "val", "bootstrap": int(ev.bootstrap),
+                        "seed": int(config.seed)}}
+  for split in ev.splits:
+    labels, probs = predictions[split]
+    metrics = classification_metrics(labels, probs, num_classes,
+                                     positive_class=ev.positive_class, threshold=threshold)
+    metrics["threshold"] = threshold
+    if ev.bootstrap > 0:
+      metrics["ci95"] = report.bootstrap_intervals(labels, probs, num_classes, ev.bootstrap,
+                                                   config.seed, ev.positive_class, threshold)
+    out[split] = metrics
+  return out
+
+
+def check_trained_run(config, workdir: str, overwrite: bool) -> tuple[str, dict]:
+  """(run_dir, trained config) of `evaluate.run_dir`, checked against `config` and `workdir`."""
   run_dir = config.evaluate.run_dir or workdir
   trained_config = os.path.join(run_dir, workdir_lib.CONFIG_FILE)
   if not os.path.exists(trained_config):
@@ -254,8 +317,9 @@ def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   with open(trained_config, encoding="utf-8") as f:
     trained = json.load(f)
   trained_model = trained["model"]
-  if trained_model != config.model.to_dict():
-    raise ConfigError(f"config 'model' {config.model.to_dict()} differs from the trained run's "
+  model = json.loads(config_lib.to_json(config))["model"]  # as config.json stores it (lists)
+  if trained_model != model:
+    raise ConfigError(f"config 'model' {model} differs from the trained run's "
                       f"{trained_model} in {trained_config}; pass the same model keys")
   trained_recipe = trained.get("recipe", {}).get("name", "ce")
   if (trained_recipe == "bce") != (config.recipe.name == "bce"):
@@ -266,6 +330,15 @@ def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   if os.path.exists(metrics_path) and not overwrite:
     raise CheckpointError(f"{metrics_path} exists; pass --overwrite or choose another --workdir")
   os.makedirs(workdir, exist_ok=True)
+  return run_dir, trained
+
+
+def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
+  """Evaluates a trained run (`evaluate.run_dir`, default the workdir) into `workdir`."""
+  from jaxsynth.recipes import decoupled  # decoupled builds on this module
+  if config.recipe.name in decoupled.RECIPES:
+    return decoupled.evaluate(config, workdir, overwrite)
+  run_dir, _ = check_trained_run(config, workdir, overwrite)
   setup = build_setup(config)
   tx = make_optimizer(config.train, learning_rate_schedule(
       config.train, setup.steps_per_epoch, setup.total_steps))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,12 +73,15 @@ def _mean_scalars(pending: list[dict]) -> dict:
 def train_loop(state, step_fn: Callable, batches: Iterator, settings: LoopSettings,
                checkpointer: Checkpointer, writer: MetricWriter,
                evaluate_fn: Callable[[object], dict] | None = None,
-               meta: dict | None = None, stop: StopRequest | None = None):
+               meta: dict | None = None, stop: StopRequest | None = None,
+               periodic: Sequence[tuple[int, Callable[[int, object], None]]] = ()):
   """Runs `step_fn(state, batch) -> (state, metrics)` from state.step to total_steps.
 
   `metrics` must hold a boolean `finite`; the loop stops with TrainingError at the first
-  check after it turns false and never checkpoints a non-finite state. Returns the final
-  state and the meta dict (best validation value and step) of the last checkpoint.
+  check after it turns false and never checkpoints a non-finite state. Each `(every, fn)` of
+  `periodic` runs `fn(step, state)` every `every` steps and at the last step (e.g. sample
+  grids). Returns the final state and the meta dict (best validation value and step) of the
+  last checkpoint.
   """
   meta = dict(meta or {})
   stop = stop or StopRequest()
@@ -128,6 +132,10 @@ def train_loop(state, step_fn: Callable, batches: Iterator, settings: LoopSettin
             value, meta.get("best_value"), settings.select_mode):
           meta.update(best_value=float(value), best_step=step)
           save("best")
+      for every, fn in periodic:
+        if every > 0 and (step % every == 0 or last):
+          check_finite()
+          fn(step, state)
       if step % settings.checkpoint_every == 0 or last:
         save("latest")
       if not last and _agreed_stop(stop, step, settings.log_every):
@@ -139,6 +147,16 @@ def train_loop(state, step_fn: Callable, batches: Iterator, settings: LoopSettin
     _restore_signal_handlers(previous_handlers)
     checkpointer.wait()
   return state, meta
+
+
+@contextlib.contextmanager
+def handle_signals(stop: StopRequest):
+  """Within the block, SIGTERM/SIGINT set `stop` instead of killing the process."""
+  previous = _install_signal_handlers(stop)
+  try:
+    yield stop
+  finally:
+    _restore_signal_handlers(previous)
 
 
 def _install_signal_handlers(stop: StopRequest):

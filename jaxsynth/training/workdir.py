@@ -17,7 +17,7 @@ from jaxsynth.errors import CheckpointError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 RUN_ARTIFACTS = (CONFIG_FILE, METRICS_FILE, "log.jsonl", "predictions.npz", "checkpoints",
-                 "tensorboard", "report.md", "samples")
+                 "tensorboard", "report.md", "samples", "grids")
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -79,11 +80,20 @@ class MetricWriter:
       self._tb.close()
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+  """Encodes a uint8 (H, W, C) image (C = 1 or 3) as PNG."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  image = np.asarray(image, np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
 class Progress:
   """A one-line progress report: step, steps/s, ETA and the latest scalars."""
 
-  def __init__(self, total_steps: int, start_step: int, stream=None):
-    self.total, self.start = total_steps, start_step
+  def __init__(self, total_steps: int, start_step: int, stream=None, unit: str = "step"):
+    self.total, self.start, self.unit = total_steps, start_step, unit
     self.t0 = time.perf_counter()
     self.stream = stream or sys.stderr
     self.enabled = jax.process_index() == 0
@@ -101,5 +111,5 @@ class Progress:
     eta = (self.total - step) / rate if rate > 0 else math.inf
     eta_text = "?" if math.isinf(eta) else f"{int(eta // 60):d}:{int(eta % 60):02d}"
     shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
-    print(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA {eta_text}  {shown}",
+    print(f"{self.unit} {step}/{self.total}  {rate:.2f} {self.unit}s/s  ETA {eta_text}  {shown}",
           file=self.stream, flush=True)

@@ -1,0 +1,1 @@
+"""Synthesis stages: sampling sweeps (sweep.py)."""

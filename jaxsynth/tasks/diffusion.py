@@ -1,0 +1,280 @@
+"""Task `train_diffusion`: a class-conditional denoiser (UNet or DiT) with EMA, a validation loss,
+and per-class sample grids from the EMA parameters every `train.sample_every` steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsynth.data import pipeline
+from jaxsynth.data.base import ImageSource
+from jaxsynth.data.sources import open_source
+from jaxsynth.diffusion.losses import WEIGHTINGS, diffusion_loss, per_sample_loss
+from jaxsynth.diffusion.samplers import SAMPLERS, make_sampler
+from jaxsynth.diffusion.schedules import PREDICTIONS, SCHEDULES, Schedule, make_schedule
+from jaxsynth.errors import ConfigError
+from jaxsynth.models.denoisers import make_denoiser
+from jaxsynth.training import parallel, train_state, workdir as workdir_lib
+from jaxsynth.training.checkpoint import Checkpointer
+from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
+from jaxsynth.training.optim import learning_rate_schedule, make_optimizer
+from jaxsynth.training.writers import MetricWriter, image_grid, png_bytes
+
+log = logging.getLogger(__name__)
+
+GRIDS_DIR = "grids"
+VAL_STREAM = 1      # fold_in tag of the validation-loss keys (the root key is the config seed's)
+GRID_STREAM = 2     # fold_in tag of the preview grids' root key
+
+
+@dataclasses.dataclass
+class Setup:
+  """What the diffusion tasks derive from the config: data, denoiser, schedule, mesh, lengths."""
+  train: ImageSource
+  model: nn.Module
+  schedule: Schedule
+  mesh: jax.sharding.Mesh
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  steps_per_epoch: int
+  total_steps: int
+
+
+def _bad(key: str, value, fix: str) -> ConfigError:
+  return ConfigError(f"config key '{key}' has bad value {value!r}: {fix}")
+
+
+def check_config(config) -> None:
+  """Raises ConfigError for a bad `diffusion.*` or `train.sample_every` key."""
+  d = config.diffusion
+  for key, value, options in (("schedule", d.schedule, SCHEDULES),
+                              ("prediction", d.prediction, PREDICTIONS),
+                              ("weighting", d.weighting, WEIGHTINGS),
+                              ("sampler", d.sampler, SAMPLERS)):
+    if value not in options:
+      raise _bad(f"diffusion.{key}", value, f"use one of {', '.join(options)}")
+  if d.num_timesteps < 2:
+    raise _bad("diffusion.num_timesteps", d.num_timesteps, "use T >= 2 (e.g. 1000)")
+  if not 0.0 <= d.label_dropout <= 1.0:
+    raise _bad("diffusion.label_dropout", d.label_dropout, "use a probability in [0, 1]")
+  if d.cfg_scale < 0:
+    raise _bad("diffusion.cfg_scale", d.cfg_scale, "use w >= 0 (0 = no guidance)")
+  if d.cfg_scale > 0 and d.label_dropout == 0:
+    raise _bad("diffusion.cfg_scale", d.cfg_scale, "classifier-free guidance needs a trained "
+               "null label: set diffusion.label_dropout > 0 (e.g. 0.1) or cfg_scale=0")
+  for key in ("sample_steps", "grid_per_class"):
+    if d[key] < 1:
+      raise _bad(f"diffusion.{key}", d[key], "use a positive integer")
+  if d.val_batches < 0:
+    raise _bad("diffusion.val_batches", d.val_batches, "use 0 (off) or a number of batches")
+  if config.train.sample_every < 0:
+    raise _bad("train.sample_every", config.train.sample_every, "use 0 (off) or a step count")
+
+
+def extra_inputs() -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The (t, labels) that follow x in a denoiser's init, for a batch of one."""
+  return jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32)
+
+
+def build_setup(config) -> Setup:
+  """Opens the train split and builds the denoiser, noise schedule and mesh from the config."""
+  check_config(config)
+  train = open_source(config.data, "train", seed=config.seed)
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.check_batch_divisible(config.train.batch_size, mesh, "train.batch_size")
+  steps_per_epoch = max(1, -(-len(train) // config.train.batch_size))
+  total = (config.train.steps if config.train.steps > 0
+           else max(1, int(round(config.train.epochs * steps_per_epoch))))
+  model = make_denoiser(config.model, train.num_classes)
+  schedule = make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+  return Setup(train, model, schedule, mesh, pipeline.input_shape(config.data, train),
+               train.num_classes, steps_per_epoch, total)
+
+
+def make_tx(config, setup: Setup):
+  """The learning-rate schedule and optimiser of `config.train` for this run's length."""
+  schedule = learning_rate_schedule(config.train, setup.steps_per_epoch, setup.total_steps)
+  return schedule, make_optimizer(config.train, schedule)
+
+
+def loss_options(config, num_classes: int) -> dict:
+  """Keyword arguments of diffusion_loss from `config.diffusion`."""
+  d = config.diffusion
+  return dict(prediction=d.prediction, weighting=d.weighting, snr_gamma=float(d.snr_gamma),
+              label_dropout=float(d.label_dropout), num_classes=num_classes)
+
+
+def denoise_fn(model: nn.Module):
+  """apply_fn(params, x_t, t, labels) of the sampler: the denoiser in inference mode."""
+  return lambda params, x, t, labels: model.apply({"params": params}, x, t, labels, train=False)
+
+
+def make_train_step(model: nn.Module, tx, schedule: Schedule, options: dict, lr_schedule,
+                    ema_decay: float, mesh):
+  """The jitted, donated step: (state, batch) -> (state, metrics) on a batch-sharded batch."""
+
+  def step(state: train_state.TrainState, batch):
+    images = jax.lax.with_sharding_constraint(batch["image"], parallel.batch_sharding(mesh))
+    loss_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+
+    def apply(params, x, t, labels):
+      return model.apply({"params": params}, x, t, labels, train=True,
+                         rngs={"dropout": dropout_key})
+
+    loss, grads = jax.value_and_grad(lambda p: diffusion_loss(
+        apply, p, images, batch["label"], loss_key, schedule, **options))(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state,
+        ema_params=train_state.ema_update(state.ema_params, params, ema_decay))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_schedule(state.step),
+               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+    return new_state, metrics
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_val_loss(config, setup: Setup, options: dict):
+  """evaluate_fn(state) -> {"loss"}: EMA-params loss on the first val batches, fixed keys."""
+  val = open_source(config.data, "val", seed=config.seed)
+  options = dict(options, label_dropout=0.0)
+  batch_sharding, replicated = parallel.batch_sharding(setup.mesh), parallel.replicated(setup.mesh)
+  apply = denoise_fn(setup.model)
+
+  def batch_loss(params, images, labels, mask, key):
+    losses = per_sample_loss(apply, params, images, labels, key, setup.schedule, **options)
+    return jnp.sum(losses * mask), jnp.sum(mask)
+
+  batch_loss = jax.jit(batch_loss, in_shardings=(replicated,) + (batch_sharding,) * 3 +
+                       (replicated,), out_shardings=replicated)
+  root = jax.random.fold_in(jax.random.PRNGKey(config.seed), VAL_STREAM)
+  limit = config.diffusion.val_batches
+
+  def evaluate(state) -> dict:
+    # The same samples, timesteps and noise at every evaluation, so values are comparable.
+    total, count = 0.0, 0.0
+    batches = pipeline.eval_dataset(val, config.data, global_batch=config.train.eval_batch_size,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+    for b, batch in enumerate(batches):
+      if b == limit:
+        break
+      batch = parallel.to_global(batch, batch_sharding)
+      s, n = batch_loss(state.ema_params, batch["image"], batch["label"], batch["mask"],
+                        jax.random.fold_in(root, b))
+      total, count = total + float(s), count + float(n)
+    return {"loss": total / max(count, 1.0)}
+
+  return evaluate
+
+
+def sampler_options(*, sampler: str, num_steps: int, cfg_scale: float, num_classes: int,
+                    prediction: str, eta: float = 0.0, spacing: str = "uniform",
+                    clip_x0: float = 1.0) -> dict:
+  """make_sampler's options from config values (cfg_scale 0 and clip_x0 0 mean off)."""
+  return dict(sampler=sampler, num_steps=int(num_steps), eta=float(eta), spacing=spacing,
+              prediction=prediction, num_classes=num_classes,
+              cfg_scale=float(cfg_scale) if cfg_scale > 0 else None,
+              clip_x0=float(clip_x0) if clip_x0 > 0 else None)
+
+
+def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
+  """fn(step, state): samples `grid_per_class` images of each class from the EMA params and
+  writes them as one grid (a row per class) to grids/step-NNNNNN.png and TensorBoard."""
+  d = config.diffusion
+  per_class = int(d.grid_per_class)
+  n = setup.num_classes * per_class
+  padded = -(-n // setup.mesh.devices.size) * setup.mesh.devices.size
+  labels = np.repeat(np.arange(setup.num_classes), per_class)
+  labels = np.concatenate([labels, np.zeros(padded - n, labels.dtype)]).astype(np.int32)
+  indices = np.arange(padded, dtype=np.int32)
+  sampler = make_sampler(
+      denoise_fn(setup.model), setup.schedule, setup.image_shape, mesh=setup.mesh,
+      **sampler_options(sampler=d.sampler, num_steps=d.sample_steps, cfg_scale=d.cfg_scale,
+                        num_classes=setup.num_classes, prediction=d.prediction))
+  # One fixed root key: every grid shows the same noise, so grids over training compare.
+  root = jax.random.fold_in(jax.random.PRNGKey(config.seed), GRID_STREAM)
+
+  def write(step: int, state) -> None:
+    images = parallel.to_host(sampler(state.ema_params, labels, indices, root))[:n]
+    grid = image_grid(images, columns=per_class, mean=config.data.mean, std=config.data.std)
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, GRIDS_DIR, f"step-{step:06d}.png")
+      workdir_lib.atomic_write_bytes(path, png_bytes(grid))
+    writer.image(step, "samples/per_class", grid)
+
+  return write
+
+
+def train_diffusion(config, workdir: str, overwrite: bool = False,
+                    stop: StopRequest | None = None) -> dict:
+  """Trains the denoiser (resuming an unfinished run in `workdir`); writes metrics.json."""
+  check_config(config)
+  workdir_lib.prepare(workdir, config, overwrite)
+  setup = build_setup(config)
+  log.info("train split of %s: %d samples, class counts %s", setup.train.name, len(setup.train),
+           setup.train.class_counts().tolist())
+  lr_schedule, tx = make_tx(config, setup)
+  state = train_state.init_state(setup.model, tx, setup.image_shape, config.seed, setup.mesh,
+                                 extra_inputs())
+  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
+  meta = {}
+  if checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(state)
+    log.info("resuming from step %d", int(jax.device_get(state.step)))
+  start = int(jax.device_get(state.step))
+
+  options = loss_options(config, setup.num_classes)
+  step_fn = make_train_step(setup.model, tx, setup.schedule, options, lr_schedule,
+                            config.train.ema_decay, setup.mesh)
+  last_metrics = {}
+
+  def step_and_keep(current, batch):
+    current, metrics = step_fn(current, batch)
+    last_metrics["train"] = metrics
+    return current, metrics
+
+  evaluate_fn = (make_val_loss(config, setup, options) if config.diffusion.val_batches > 0
+                 else None)
+  dataset = pipeline.train_dataset(
+      setup.train, config.data, global_batch=config.train.batch_size, seed=config.seed,
+      start_step=start, num_steps=setup.total_steps, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  eval_every = config.train.eval_every or setup.steps_per_epoch
+  settings = LoopSettings(total_steps=setup.total_steps, log_every=config.train.log_every,
+                          eval_every=eval_every,
+                          checkpoint_every=config.train.checkpoint_every or eval_every,
+                          select_metric=config.train.select_metric if evaluate_fn else "",
+                          select_mode=config.train.select_mode)
+  writer = MetricWriter(workdir)
+  try:
+    periodic = ()
+    if config.train.sample_every > 0:
+      periodic = ((config.train.sample_every, make_grid_fn(config, setup, workdir, writer)),)
+    batches = parallel.global_batches(dataset, setup.mesh)
+    state, meta = train_loop(state, step_and_keep, batches, settings, checkpointer, writer,
+                             evaluate_fn, meta, stop, periodic)
+    results = {"steps": setup.total_steps, "checkpoint": {"latest": checkpointer.latest_step()}}
+    if "train" in last_metrics:
+      results["train"] = {"loss": float(jax.device_get(last_metrics["train"]["loss"]))}
+    if evaluate_fn is not None:
+      results["val"] = evaluate_fn(state)
+      results["checkpoint"].update(best=meta.get("best_step"), best_loss=meta.get("best_value"))
+    if jax.process_index() == 0:
+      workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), results)
+  finally:
+    writer.close()
+    checkpointer.close()
+  log.info("diffusion training finished: %s", results)
+  return results

@@ -1,0 +1,141 @@
+"""Task `sample`: a sampling sweep from a `train_diffusion` run's EMA parameters into
+WORKDIR/samples (shards + manifest.json, read by `data.source=synthetic`).
+
+The model, data (class count, names, train counts, image size, normalisation) and noise
+schedule come from the trained run's config.json (`sample.run_dir`); this task's own config
+supplies `seed` (sample i uses fold_in(PRNGKey(seed), i)), `mesh` and the `sample.*` keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+import optax
+
+from jaxsynth import config as config_lib
+from jaxsynth.data import pipeline, synthetic_format
+from jaxsynth.data.sources import open_source
+from jaxsynth.diffusion.samplers import SAMPLERS, SPACINGS, make_sampler
+from jaxsynth.diffusion.schedules import make_schedule
+from jaxsynth.errors import CheckpointError, ConfigError
+from jaxsynth.models.denoisers import make_denoiser
+from jaxsynth.synthesis import sweep
+from jaxsynth.tasks import diffusion
+from jaxsynth.training import parallel, train_state, workdir as workdir_lib
+from jaxsynth.training.checkpoint import Checkpointer
+from jaxsynth.training.loop import StopRequest
+from jaxsynth.training.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+def _bad(key: str, value, fix: str) -> ConfigError:
+  return ConfigError(f"config key 'sample.{key}' has bad value {value!r}: {fix}")
+
+
+def check_config(config, workdir: str) -> None:
+  """Raises ConfigError for a bad `sample.*` key (budgets are checked against the data later)."""
+  s = config.sample
+  if not s.run_dir:
+    raise _bad("run_dir", s.run_dir, "set --config.sample.run_dir to a train_diffusion workdir")
+  if os.path.abspath(s.run_dir) == os.path.abspath(workdir or "."):
+    raise _bad("run_dir", s.run_dir, "the sweep needs its own --workdir, not the trained run's")
+  for key, options in (("checkpoint", ("latest", "best")), ("budget", sweep.BUDGETS),
+                       ("sampler", SAMPLERS), ("spacing", SPACINGS)):
+    if s[key] not in options:
+      raise _bad(key, s[key], f"use one of {', '.join(options)}")
+  for key in ("shard_size", "batch_size", "num_steps"):
+    if s[key] < 1:
+      raise _bad(key, s[key], "use a positive integer")
+  if s.cfg_scale < 0 or s.eta < 0 or s.clip_x0 < 0:
+    raise _bad("cfg_scale", (s.cfg_scale, s.eta, s.clip_x0),
+               "cfg_scale, eta and clip_x0 must be >= 0 (0 = off)")
+
+
+def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The resolved config.json of a train_diffusion run, as a ConfigDict."""
+  path = os.path.join(run_dir, workdir_lib.CONFIG_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      trained = json.load(f)
+  except FileNotFoundError:
+    raise CheckpointError(f"{path} not found: sample.run_dir must be the --workdir of a "
+                          "train_diffusion run") from None
+  if trained.get("task") != "train_diffusion" or "diffusion" not in trained:
+    raise CheckpointError(f"{path} is a {trained.get('task')!r} run: sample.run_dir must be the "
+                          "--workdir of a train_diffusion run")
+  return ml_collections.ConfigDict(trained)
+
+
+def load_ema_params(run_dir: str, run: ml_collections.ConfigDict, model, image_shape, mesh,
+                    which: str, step: int | None = None):
+  """(EMA params, step) of checkpoint `which` (a given step, else the newest) of the run."""
+  # The optimiser only shapes the abstract state; its rate schedule is not part of the state.
+  tx = make_optimizer(run.train, optax.constant_schedule(0.0))
+  abstract = train_state.abstract_state(model, tx, image_shape, mesh, diffusion.extra_inputs())
+  checkpointer = Checkpointer(run_dir, run.train.keep_checkpoints)
+  try:
+    if checkpointer.latest_step(which) is None:
+      hint = (" (a best checkpoint needs diffusion.val_batches > 0 in training)"
+              if which == "best" else "")
+      raise CheckpointError(f"no '{which}' checkpoint in {run_dir}/checkpoints"
+                            f"{hint}; train first, or set sample.checkpoint=latest")
+    state, meta = checkpointer.restore(abstract, which, step)
+  finally:
+    checkpointer.close()
+  return state.ema_params, int(meta["step"])
+
+
+def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | None = None) -> dict:
+  """Runs (or resumes) the sampling sweep of `config.sample` into WORKDIR/samples."""
+  check_config(config, workdir)
+  run = load_run_config(config.sample.run_dir)
+  workdir_lib.prepare(workdir, config, overwrite)
+  directory = os.path.join(workdir, synthetic_format.SAMPLES_DIR)
+
+  train = open_source(run.data, "train", seed=run.seed)
+  num_classes = train.num_classes
+  image_shape = pipeline.input_shape(run.data, train)
+  counts = sweep.class_budget(config.sample, num_classes, train.class_counts())
+  plan = sweep.Plan(sweep.label_order(counts), int(config.sample.shard_size))
+  mesh = parallel.make_mesh(config.mesh)
+
+  # A resumed sweep keeps the checkpoint step it started with, even if training went on.
+  previous = None
+  if os.path.exists(os.path.join(directory, synthetic_format.MANIFEST)):
+    previous = synthetic_format.read_manifest(directory)
+  model = make_denoiser(run.model, num_classes)
+  params, step = load_ema_params(config.sample.run_dir, run, model, image_shape, mesh,
+                                 config.sample.checkpoint,
+                                 previous["checkpoint"]["step"] if previous else None)
+  d, s = run.diffusion, config.sample
+  options = diffusion.sampler_options(
+      sampler=s.sampler, num_steps=s.num_steps, cfg_scale=s.cfg_scale, eta=s.eta,
+      spacing=s.spacing, clip_x0=s.clip_x0, num_classes=num_classes, prediction=d.prediction)
+  schedule = make_schedule(d.schedule, d.num_timesteps)
+  sampler = make_sampler(diffusion.denoise_fn(model), schedule, image_shape, mesh=mesh, **options)
+  manifest = {
+      "num_classes": num_classes, "image_shape": list(image_shape),
+      "class_names": list(train.class_names), "counts": counts.tolist(),
+      "total": int(counts.sum()), "shard_size": plan.shard_size, "seed": int(config.seed),
+      "run_dir": os.path.abspath(config.sample.run_dir),
+      "checkpoint": {"which": config.sample.checkpoint, "step": step},
+      "sampler": options,
+      "schedule": {"name": d.schedule, "num_timesteps": int(d.num_timesteps)},
+      "label_order": "interleaved", "config": json.loads(config_lib.to_json(config)),
+  }
+  log.info("sweep of %d samples (per class %s) from %s step %d into %s", plan.labels.size,
+           counts.tolist(), config.sample.run_dir, step, directory)
+  result = sweep.run_sweep(sampler, params, jax.random.PRNGKey(config.seed), plan, directory,
+                           batch_size=int(s.batch_size), mesh=mesh, mean=float(run.data.mean),
+                           std=float(run.data.std), manifest=manifest, stop=stop)
+  metrics = {"samples": int(counts.sum()), "counts": counts.tolist(),
+             "shards": plan.num_shards, "checkpoint": manifest["checkpoint"],
+             "images_per_s": result["images_per_s"]}
+  if jax.process_index() == 0:
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), metrics)
+  return metrics
