@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -69,3 +70,12 @@ def load_params(workdir: str, step: int | None = None, which: str = "latest") ->
     state = checkpointer.restore(path)
   return {"params": state["params"], "model_state": state["model_state"],
           "opt_state": state["opt_state"], "step": np.asarray(state["step"])}
+
+
+def assert_trees_equal(a, b):
+  """Asserts two pytrees have the same structure and bit-identical leaves."""
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

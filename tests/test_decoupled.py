@@ -15,19 +15,11 @@ from jaxsynth.errors import ConfigError
 from jaxsynth.recipes import decoupled
 from jaxsynth.tasks import classifier
 from jaxsynth.training.loop import Preempted, StopRequest
-from tests.helpers import checkpoint_steps, load_params, tiny_config
+from tests.helpers import assert_trees_equal, checkpoint_steps, load_params, tiny_config
 
 
 def decoupled_config(name, **overrides):
   return tiny_config(steps=3, **{"recipe__name": name, "recipe__stage2_steps": 3, **overrides})
-
-
-def assert_trees_equal(a, b):
-  leaves_a, tree_a = jax.tree.flatten(a)
-  leaves_b, tree_b = jax.tree.flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def without_head(params):

@@ -10,15 +10,7 @@ import pytest
 from jaxsynth.errors import CheckpointError, TrainingError
 from jaxsynth.tasks import classifier
 from jaxsynth.training.loop import Preempted, StopRequest
-from tests.helpers import checkpoint_steps, load_params, tiny_config
-
-
-def assert_trees_equal(a, b):
-  leaves_a, tree_a = jax.tree.flatten(a)
-  leaves_b, tree_b = jax.tree.flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+from tests.helpers import assert_trees_equal, checkpoint_steps, load_params, tiny_config
 
 
 @pytest.fixture(scope="module")
