@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# im2col is used on CPU when the output map has at most this many pixels, or the conv is strided.
+# im2col is used on CPU for 1x1 convs (a plain matmul; XLA's 1x1 weight gradient is slow), when
+# the output map has at most this many pixels, or when a k>1 conv is strided.
 IM2COL_MAX_OUTPUT_PIXELS = 16
 
 
@@ -38,7 +39,8 @@ def use_im2col(out_pixels: int, strided: bool, kernel_pixels: int, impl: str) ->
     return impl == "im2col"
   if jax.default_backend() != "cpu":
     return False
-  return out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or (strided and kernel_pixels > 1)
+  return (kernel_pixels == 1 or out_pixels <= IM2COL_MAX_OUTPUT_PIXELS
+          or (strided and kernel_pixels > 1))
 
 
 class Conv(nn.Module):
