@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from clu import parameter_overview
 
 from jaxsynth import config as config_lib
 from jaxsynth.data import pipeline
@@ -189,6 +190,8 @@ def run_stage(config, setup: Setup, plan: Plan, directory: str, out_dir: str | N
            len(setup.train), setup.train.class_counts().tolist())
   val = open_source(config.data, "val", seed=config.seed)
   state = plan.state
+  log.info("%s: %s parameters", config.model.name,
+           f"{parameter_overview.count_parameters(state.params):,}")
   checkpointer = Checkpointer(directory, config.train.keep_checkpoints)
   meta = {}
   if checkpointer.latest_step() is not None:
