@@ -193,10 +193,7 @@ def run_stage(config, setup: Setup, plan: Plan, directory: str, out_dir: str | N
   log.info("%s: %s parameters", config.model.name,
            f"{parameter_overview.count_parameters(state.params):,}")
   checkpointer = Checkpointer(directory, config.train.keep_checkpoints)
-  meta = {}
-  if checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(state)
-    log.info("resuming from step %d", int(jax.device_get(state.step)))
+  state, meta = checkpointer.resume(state)
   start = int(jax.device_get(state.step))
 
   loss_fn = make_loss(config, setup.train.class_counts(), setup.num_classes)

@@ -229,10 +229,7 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
   state = train_state.init_state(setup.model, tx, setup.image_shape, config.seed, setup.mesh,
                                  extra_inputs())
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-  meta = {}
-  if checkpointer.latest_step() is not None:
-    state, meta = checkpointer.restore(state)
-    log.info("resuming from step %d", int(jax.device_get(state.step)))
+  state, meta = checkpointer.resume(state)
   start = int(jax.device_get(state.step))
 
   options = loss_options(config, setup.num_classes)

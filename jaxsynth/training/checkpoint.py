@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -9,6 +10,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxsynth.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
@@ -51,6 +54,14 @@ class Checkpointer:
           f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use the config it was "
           "trained with, or a new --workdir") from None
     return out.state, out.meta
+
+  def resume(self, state):
+    """(restored state, meta) from the newest `latest` checkpoint, or (state, {}) if none."""
+    if self.latest_step() is None:
+      return state, {}
+    state, meta = self.restore(state)
+    log.info("resuming from step %d", int(jax.device_get(state.step)))
+    return state, meta
 
   def wait(self) -> None:
     """Blocks until asynchronous saves are on disk."""
