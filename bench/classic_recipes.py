@@ -9,9 +9,15 @@ seeds of the test metrics) with the exact command of every run.
   python bench/classic_recipes.py --datasets breastmnist --recipes ce,focal --seeds 0 \\
       --epochs 2 --width 8 --runs /tmp/ct --out /tmp/ct/table.md    # smoke test
   python bench/classic_recipes.py --aggregate-only                  # rebuild the table only
+  python bench/classic_recipes.py --jobs 8 --deadline 540 --prune-checkpoints   # one GPU, 8 at once
 
 A run whose WORKDIR/metrics.json exists is skipped, so the driver resumes where it stopped (and an
-unfinished jaxsynth run resumes from its own checkpoint). Each run leaves, next to its WORKDIR
+unfinished jaxsynth run resumes from its own checkpoint). The decoupled recipes (crt, lws, tau_norm,
+multistage_sampler) take the `ce` run of the same dataset and seed as their stage 1
+(`recipe.stage1_workdir`), as Kang et al. do, so they start once it has finished. Runs are ordered
+seed-major (every cell gets seed 0 before any gets seed 1) so an interrupted sweep leaves a table
+with fewer seeds rather than empty cells. With --jobs N, N runs share the machine (one GPU fits
+many small ResNet-18 runs). Each run leaves, next to its WORKDIR
 (RUNS/DATASET/RECIPE/seedS), seedS.command.json (argv, return code, wall seconds) and seedS.log
 (its stdout and stderr). Progress goes to stderr; the last stdout line is one JSON object.
 """
@@ -19,6 +25,7 @@ unfinished jaxsynth run resumes from its own checkpoint). Each run leaves, next 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import math
@@ -26,10 +33,14 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+import signal
+import threading
 
 import numpy as np
 
@@ -42,6 +53,8 @@ MEDMNIST_REFERENCE = {"pneumoniamnist": (0.944, 0.854), "breastmnist": (0.901, 0
 COMMON_METRICS = ("macro_f1", "balanced_accuracy", "mcc", "auc", "accuracy")
 BINARY_METRICS = ("sensitivity", "specificity", "harmonic_mean")
 TWO_CLASS_ONLY = ("bce",)
+DECOUPLED = ("crt", "lws", "tau_norm", "multistage_sampler")
+STAGE1_RECIPE = "ce"
 
 
 def log(msg: str) -> None:
@@ -69,6 +82,8 @@ def parse_args(argv=None):
   p.add_argument("--recipes", default="all", help="comma-separated variants of configs/recipes.py")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--epochs", type=float, default=100.0)
+  p.add_argument("--dataset-epochs", default="", metavar="NAME=E,...",
+                 help="per-dataset epochs overriding --epochs, e.g. chula_rbc11=20")
   p.add_argument("--width", type=int, default=64, help="model.width (ResNet-18 first stage)")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--model", default="resnet18")
@@ -80,6 +95,17 @@ def parse_args(argv=None):
   p.add_argument("--out", default=os.path.join("docs", "results", "classic_recipes.md"))
   p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table")
   p.add_argument("--timeout", type=float, default=0.0, help="seconds per run; 0 = none")
+  p.add_argument("--jobs", type=int, default=1, help="runs at a time (they share the devices)")
+  p.add_argument("--deadline", type=float, default=0.0,
+                 help="seconds: no run starts that its dataset's slowest finished run says would "
+                      "end after this, and at this time running runs are stopped (SIGTERM: they "
+                      "checkpoint; a rerun resumes them); 0 = none")
+  p.add_argument("--reuse-stage1", action=argparse.BooleanOptionalAction, default=True,
+                 help="decoupled recipes use the ce run of their dataset and seed as stage 1")
+  p.add_argument("--prune-checkpoints", action="store_true",
+                 help="delete a finished run's checkpoints (ce runs' are kept: stage 1 of others)")
+  p.add_argument("--compile-cache", default="",
+                 help="JAX persistent compilation cache directory shared by the runs")
   args = p.parse_args(argv)
   args.datasets = [d for d in args.datasets.split(",") if d]
   all_recipes = recipe_variants()
@@ -88,17 +114,30 @@ def parse_args(argv=None):
   if unknown:
     p.error(f"unknown recipe(s) {unknown}; configs/recipes.py lists {all_recipes}")
   args.seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+  try:
+    args.dataset_epochs = {k: float(v) for k, v in (
+        item.split("=", 1) for item in args.dataset_epochs.split(",") if item)}
+  except ValueError:
+    p.error(f"--dataset-epochs {args.dataset_epochs!r}: use NAME=EPOCHS[,NAME=EPOCHS...]")
+  if args.jobs < 1:
+    p.error(f"--jobs {args.jobs}: use 1 or more")
   return args
+
+
+def epochs_of(args, dataset: str) -> float:
+  """Training epochs of `dataset`'s runs: --dataset-epochs, else --epochs."""
+  return args.dataset_epochs.get(dataset, args.epochs)
 
 
 def fmt_num(x: float) -> str:
   return repr(int(x)) if float(x).is_integer() else repr(float(x))
 
 
-def schedule_overrides(args) -> list[str]:
-  """The MedMNIST v2 protocol as --config overrides; decay at 50% and 75% of args.epochs."""
-  decay = f"({fmt_num(0.5 * args.epochs)},{fmt_num(0.75 * args.epochs)})"
-  out = [f"--config.train.epochs={fmt_num(args.epochs)}",
+def schedule_overrides(args, dataset: str) -> list[str]:
+  """The MedMNIST v2 protocol as --config overrides; decay at 50% and 75% of the epochs."""
+  epochs = epochs_of(args, dataset)
+  decay = f"({fmt_num(0.5 * epochs)},{fmt_num(0.75 * epochs)})"
+  out = [f"--config.train.epochs={fmt_num(epochs)}",
          f"--config.train.batch_size={args.batch}",
          "--config.train.optimizer=adam", "--config.train.learning_rate=0.001",
          "--config.train.schedule=step", f"--config.train.decay_epochs={decay}",
@@ -128,11 +167,22 @@ def run_paths(runs: str, dataset: str, recipe: str, seed: int) -> dict:
           "log": os.path.join(base, f"seed{seed}.log")}
 
 
+def stage1_source(args, dataset: str, recipe: str, seed: int) -> str | None:
+  """The ce workdir a decoupled recipe takes as stage 1 (None: it trains its own)."""
+  if not args.reuse_stage1 or recipe not in DECOUPLED or STAGE1_RECIPE not in args.recipes:
+    return None
+  return run_paths(args.runs, dataset, STAGE1_RECIPE, seed)["workdir"]
+
+
 def build_command(args, dataset: str, recipe: str, seed: int) -> list[str]:
-  return ["python", "-m", "jaxsynth.main", "--config", f"configs/recipes.py:{recipe},npz",
-          "--workdir", run_paths(args.runs, dataset, recipe, seed)["workdir"],
-          f"--config.data.path={os.path.join(args.data_dir, dataset + '.npz')}",
-          f"--config.seed={seed}"] + schedule_overrides(args)
+  cmd = ["python", "-m", "jaxsynth.main", "--config", f"configs/recipes.py:{recipe},npz",
+         "--workdir", run_paths(args.runs, dataset, recipe, seed)["workdir"],
+         f"--config.data.path={os.path.join(args.data_dir, dataset + '.npz')}",
+         f"--config.seed={seed}"] + schedule_overrides(args, dataset)
+  stage1 = stage1_source(args, dataset, recipe, seed)
+  if stage1:
+    cmd.append(f"--config.recipe.stage1_workdir={stage1}")
+  return cmd
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -147,8 +197,29 @@ def write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def execute(args, dataset, recipe, seed) -> dict:
-  """Runs one job unless its metrics.json exists; returns its status record."""
+def run_env(args) -> dict:
+  """The runs' environment: several runs on one GPU allocate as they go; optional shared cache."""
+  env = dict(os.environ)
+  if args.jobs > 1:
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  if args.compile_cache:
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(args.compile_cache)
+  return env
+
+
+def prune_checkpoints(workdir: str) -> None:
+  """Deletes every `checkpoints` directory under a finished run's workdir."""
+  for root, dirs, _ in os.walk(workdir):
+    if "checkpoints" in dirs:
+      shutil.rmtree(os.path.join(root, "checkpoints"), ignore_errors=True)
+      dirs.remove("checkpoints")
+
+
+def execute(args, dataset, recipe, seed, stop: threading.Event | None = None) -> dict:
+  """Runs one job unless its metrics.json exists; returns its status record.
+
+  When `stop` is set while the job runs, the job gets SIGTERM (it saves a checkpoint and exits 3).
+  """
   paths = run_paths(args.runs, dataset, recipe, seed)
   cmd = build_command(args, dataset, recipe, seed)
   if os.path.exists(os.path.join(paths["workdir"], "metrics.json")):
@@ -159,18 +230,92 @@ def execute(args, dataset, recipe, seed) -> dict:
   write_json_atomic(paths["command"], record)
   log(f"run {dataset}/{recipe}/seed{seed}: {shlex.join(cmd)}")
   t0 = time.time()
-  with open(paths["log"], "w") as lf:
-    try:
-      rc = subprocess.run([sys.executable] + cmd[1:], cwd=ROOT, stdout=lf, stderr=subprocess.STDOUT,
-                          timeout=args.timeout or None).returncode
-    except subprocess.TimeoutExpired:
-      rc = 124
+  with open(paths["log"], "a") as lf:
+    proc = subprocess.Popen([sys.executable] + cmd[1:], cwd=ROOT, stdout=lf,
+                            stderr=subprocess.STDOUT, env=run_env(args))
+    rc = None
+    while rc is None:
+      try:
+        rc = proc.wait(timeout=1.0)
+      except subprocess.TimeoutExpired:
+        timed_out = args.timeout and time.time() - t0 > args.timeout
+        if timed_out or (stop is not None and stop.is_set()):
+          proc.send_signal(signal.SIGTERM)
+          try:
+            rc = proc.wait(timeout=120)
+          except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+          rc = 124 if timed_out else rc
   record.update(rc=rc, wall_s=round(time.time() - t0, 1))
   write_json_atomic(paths["command"], record)
   ok = rc == 0 and os.path.exists(os.path.join(paths["workdir"], "metrics.json"))
-  log(f"  {'ok' if ok else 'FAILED rc=%d (see %s)' % (rc, paths['log'])} in {record['wall_s']} s")
+  log(f"  {dataset}/{recipe}/seed{seed} "
+      f"{'ok' if ok else 'FAILED rc=%d (see %s)' % (rc, paths['log'])} in {record['wall_s']} s")
+  if ok and args.prune_checkpoints and recipe != STAGE1_RECIPE:
+    prune_checkpoints(paths["workdir"])
   return {"status": "ran" if ok else "failed", "rc": rc, "wall_s": record["wall_s"],
           "command": record["command"]}
+
+
+def plan_jobs(args, infos) -> list[tuple[str, str, int]]:
+  """Every (dataset, recipe, seed) to run: seed-major; ce, then the decoupled, then the rest."""
+  jobs = []
+  for seed in args.seeds:
+    for recipe in sorted(args.recipes, key=lambda r: (r != STAGE1_RECIPE, r not in DECOUPLED)):
+      for dataset in args.datasets:
+        if infos[dataset].get("error"):
+          continue
+        if recipe in TWO_CLASS_ONLY and infos[dataset]["num_classes"] != 2:
+          continue
+        jobs.append((dataset, recipe, seed))
+  return jobs
+
+
+def run_all(args, infos, t0: float) -> dict:
+  """Runs the planned jobs, --jobs at a time; decoupled ones after their stage-1 ce run."""
+  pending, statuses, walls = plan_jobs(args, infos), {}, {}
+  stop = threading.Event()
+  with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    running = {}
+    while pending or running:
+      elapsed = time.time() - t0
+      if args.deadline and elapsed >= args.deadline:
+        stop.set()
+      for job in list(pending):
+        if len(running) >= args.jobs or stop.is_set():
+          break
+        dataset, recipe, seed = job
+        stage1 = stage1_source(args, dataset, recipe, seed)
+        if stage1 and (dataset, STAGE1_RECIPE, seed) in [j for j in pending + list(
+            running.values())]:
+          continue  # its stage 1 has not finished yet
+        if stage1 and not os.path.exists(os.path.join(stage1, "metrics.json")):
+          pending.remove(job)
+          statuses[f"{dataset}/{recipe}/seed{seed}"] = {
+              "status": "failed", "rc": None, "command": "",
+              "reason": f"its stage 1 ({stage1}) did not finish"}
+          continue
+        expected = walls.get(dataset, 0.0)
+        if args.deadline and elapsed + expected > args.deadline:
+          continue  # would not finish in time; a shorter job of another dataset may
+        pending.remove(job)
+        running[pool.submit(execute, args, dataset, recipe, seed, stop)] = job
+      if not running:
+        if pending:
+          log(f"deadline: {len(pending)} run(s) not started")
+          for dataset, recipe, seed in pending:
+            statuses[f"{dataset}/{recipe}/seed{seed}"] = {"status": "not_started"}
+        break
+      done, _ = concurrent.futures.wait(running, timeout=5.0,
+                                        return_when=concurrent.futures.FIRST_COMPLETED)
+      for fut in done:
+        dataset, recipe, seed = running.pop(fut)
+        status = fut.result()
+        statuses[f"{dataset}/{recipe}/seed{seed}"] = status
+        if status["status"] == "ran":
+          walls[dataset] = max(walls.get(dataset, 0.0), status["wall_s"])
+  return statuses
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -237,11 +382,13 @@ def render(args, results, infos, device) -> str:
            "sets use the argmax threshold unless a `--config.evaluate.threshold` override is "
            "listed below.", "",
            f"Schedule: {args.model} width {args.width}, Adam lr 1e-3, batch {args.batch}, "
-           f"{fmt_num(args.epochs)} epochs, lr x0.1 at epochs {fmt_num(0.5 * args.epochs)} and "
-           f"{fmt_num(0.75 * args.epochs)} (MedMNIST v2 protocol), native resolution. "
-           f"Overrides common to every run: `{shlex.join(schedule_overrides(args))}`. For two "
-           "classes, sensitivity is the recall of class 1 (`evaluate.positive_class`), "
-           "specificity that of class 0.", ""]
+           "E epochs (given per dataset below), lr x0.1 at epochs E/2 and 3E/4 (MedMNIST v2 "
+           "protocol), native resolution. The exact command of every run is listed under its "
+           "table. For two classes, sensitivity is the recall of class 1 "
+           "(`evaluate.positive_class`), specificity that of class 0."
+           + (" The decoupled recipes (crt, lws, tau_norm, multistage_sampler) take the ce run "
+              "of the same seed as their stage 1 (`recipe.stage1_workdir`), so their stage 1 "
+              "is the ce row." if args.reuse_stage1 else ""), ""]
   for dataset in args.datasets:
     info = infos[dataset]
     lines += [f"## {dataset}", ""]
@@ -249,7 +396,9 @@ def render(args, results, infos, device) -> str:
       lines += [f"Not run: {info['error']}", ""]
       continue
     counts = "; ".join(f"{n}: {c}" for n, c in zip(info["class_names"], info["train_counts"]))
-    lines += [f"{info['num_classes']} classes; train counts: {counts}.", ""]
+    epochs = epochs_of(args, dataset)
+    lines += [f"{info['num_classes']} classes; train counts: {counts}. {fmt_num(epochs)} epochs "
+              f"(lr x0.1 at {fmt_num(0.5 * epochs)} and {fmt_num(0.75 * epochs)}).", ""]
     if dataset in MEDMNIST_REFERENCE:
       auc, acc = MEDMNIST_REFERENCE[dataset]
       lines += [f"Published MedMNIST v2 ResNet-18 (28) test figures: AUC {auc}, ACC {acc}.", ""]
@@ -307,17 +456,16 @@ def main(argv=None) -> None:
     except (OSError, KeyError, ValueError) as e:
       infos[dataset] = {"error": f"cannot read {path}: {e}"}
       log(infos[dataset]["error"])
-  device = device_summary()
+  device_file = os.path.join(args.runs, "device.json")
+  if args.aggregate_only and os.path.exists(device_file):
+    with open(device_file) as f:
+      device = json.load(f)["device"]  # where the runs ran, not where the table is rebuilt
+  else:
+    device = device_summary()
   log(f"device: {device}")
   if not args.aggregate_only:
-    for dataset in args.datasets:
-      if infos[dataset].get("error"):
-        continue
-      for recipe in args.recipes:
-        if recipe in TWO_CLASS_ONLY and infos[dataset]["num_classes"] != 2:
-          continue
-        for seed in args.seeds:
-          statuses[f"{dataset}/{recipe}/seed{seed}"] = execute(args, dataset, recipe, seed)
+    write_json_atomic(device_file, {"device": device})
+    statuses = run_all(args, infos, t0)
   results = {}
   for dataset in args.datasets:
     results[dataset] = {}

@@ -30,6 +30,7 @@ recipe.stage2_learning_rate (0 = train.learning_rate), recipe.stage2_schedule:
   tau_norm                no training: head rows w_i / ||w_i||^tau, tau from recipe.tau_grid on val
   multistage_sampler      fine-tune the whole network at a tenth of the stage-1 rate (DiffuPT's
                           "multi-stage + sampler" baseline)
+Option recipe.stage1_workdir=DIR: stage 1 is the finished `ce` run in DIR, read only, not trained.
 """
 
 from configs import classifier, default

@@ -98,6 +98,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   recipe.sampler_q = 0.0        # weighted(_ce)_sampler: class drawn with p_c ~ n_c^q (0 = balanced)
   # Decoupled two-stage recipes (crt, lws, tau_norm, multistage_sampler; Kang et al. 2020):
   # stage 1 trains as `ce` into WORKDIR/stage1, stage 2 runs in WORKDIR/stage2.
+  recipe.stage1_workdir = ""    # a finished `ce` run's workdir used as stage 1 (read only); "" = train
   recipe.stage2_epochs = 10.0   # stage-2 length in epochs (crt, lws, multistage_sampler)
   recipe.stage2_steps = 0       # > 0 overrides stage2_epochs
   recipe.stage2_learning_rate = 0.0  # stage-2 peak rate; 0 = train.learning_rate

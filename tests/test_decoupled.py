@@ -33,6 +33,21 @@ def crt_run(tmp_path_factory):
   return workdir, results
 
 
+@pytest.fixture(scope="module")
+def ce_run(tmp_path_factory):
+  """A finished plain `ce` run with the decoupled runs' stage-1 keys."""
+  workdir = str(tmp_path_factory.mktemp("ce"))
+  classifier.train_and_evaluate(tiny_config(steps=3), workdir)
+  return workdir
+
+
+def snapshot(directory):
+  """{relative path: mtime} of everything under `directory`."""
+  return {os.path.relpath(os.path.join(root, name), directory):
+          os.stat(os.path.join(root, name)).st_mtime_ns
+          for root, dirs, files in os.walk(directory) for name in dirs + files}
+
+
 def run_on_finished_stage1(crt_dir, workdir, name, **overrides):
   """Runs recipe `name` in `workdir` on a copy of the crt run's finished stage 1."""
   shutil.copytree(os.path.join(crt_dir, "stage1"), os.path.join(workdir, "stage1"))
@@ -159,3 +174,52 @@ def test_recipe_variants_and_bad_options():
   with pytest.raises(ConfigError, match="recipe.stage2_epochs"):
     decoupled.check_options(decoupled_config("lws", recipe__stage2_steps=0,
                                              recipe__stage2_epochs=0.0))
+
+
+def test_crt_on_an_existing_ce_run_equals_training_stage1(crt_run, ce_run, tmp_path):
+  before = snapshot(ce_run)
+  workdir = str(tmp_path / "crt")
+  config = decoupled_config("crt", recipe__stage1_workdir=ce_run)
+  results = classifier.train_and_evaluate(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, "stage1"))  # stage 1 not trained
+  assert results["stages"]["stage1"]["dir"] == ce_run
+  ours = json.load(open(os.path.join(workdir, "metrics.json")))
+  theirs = json.load(open(os.path.join(crt_run[0], "metrics.json")))
+  assert ours["test"] == theirs["test"] and ours["val"] == theirs["val"]
+  assert ours["stages"]["stage1"]["step"] == theirs["stages"]["stage1"]["step"]
+  # --overwrite replaces this run only; the stage-1 run is never written to nor removed.
+  again = classifier.train_and_evaluate(config, workdir, overwrite=True)
+  assert again["test"] == theirs["test"]
+  assert snapshot(ce_run) == before
+
+
+def test_stage1_workdir_must_be_a_matching_finished_ce_run(crt_run, ce_run, tmp_path):
+  workdir = str(tmp_path / "run")
+
+  def fails(match, stage1_workdir, **overrides):
+    config = decoupled_config("crt", recipe__stage1_workdir=str(stage1_workdir), **overrides)
+    with pytest.raises(ConfigError, match=match):
+      classifier.train_and_evaluate(config, workdir, overwrite=True)
+
+  for key, value in (("model__width", 16), ("seed", 1), ("train__label_smoothing", 0.1),
+                     ("data__imbalance_ratio", 5.0)):
+    name = key.replace("__", ".")
+    fails(rf"recipe\.stage1_workdir.*{name}: ", ce_run, **{key: value})
+  unfinished = tmp_path / "unfinished"
+  unfinished.mkdir()
+  shutil.copy(os.path.join(ce_run, "config.json"), unfinished)
+  fails(r"recipe\.stage1_workdir.*no metrics\.json", unfinished)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  fails(r"recipe\.stage1_workdir.*no metrics\.json", empty)
+  shutil.copy(os.path.join(ce_run, "metrics.json"), empty)
+  fails(r"recipe\.stage1_workdir.*no config\.json", empty)
+  fails(r"give its stage-1 directory", crt_run[0])
+  fails(r"contain one another", os.path.join(workdir, "stage1"))
+  focal = tmp_path / "focal"
+  shutil.copytree(ce_run, focal)
+  trained = json.load(open(focal / "config.json"))
+  trained["recipe"]["name"] = "focal"
+  (focal / "config.json").write_text(json.dumps(trained))
+  fails(r"holds a 'focal' run", focal)
+  assert not os.path.exists(workdir)  # checked before anything is written

@@ -17,6 +17,12 @@ its best checkpoint gives WORKDIR's metrics.json, predictions.npz, metrics.md, e
   multistage_sampler  DiffuPT's "multi-stage + sampler" baseline: the whole network fine-tuned
                       with the class-balanced sampler at a lower rate (BatchNorm trains).
 
+With recipe.stage1_workdir=DIR, stage 1 is not trained: DIR must hold a finished `ce` run (or a
+decoupled run's stage1/) trained with this config's seed, model, data and train keys (checked
+against DIR/config.json; train.log_every and train.keep_checkpoints may differ), and its
+`evaluate.checkpoint` is read from DIR, which is never written to nor removed (--overwrite
+included). So cRT, LWS and tau-norm can sit on one existing CE baseline.
+
 Frozen parameters get no gradient and are passed through the step untouched (see
 classifier.make_train_step's `trainable`), and the optimiser only sees the trainable ones
 (optax.multi_transform), so they stay bit-identical. A finished stage is skipped on re-run: stage
@@ -27,6 +33,7 @@ goes straight to evaluation).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -38,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxsynth import config as config_lib
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError
 from jaxsynth.metrics.classification import classification_metrics
@@ -54,6 +62,9 @@ log = logging.getLogger(__name__)
 RECIPES = ("crt", "lws", "tau_norm", "multistage_sampler")
 STAGE1, STAGE2 = "stage1", "stage2"
 STAGE2_SCHEDULES = ("constant", "cosine")
+# train keys that change neither stage 1's weights nor its chosen checkpoint: an external stage 1
+# (recipe.stage1_workdir) may differ from this config in these only.
+STAGE1_FREE_TRAIN_KEYS = ("log_every", "keep_checkpoints")
 
 
 class FrozenFeatures(nn.Module):
@@ -96,6 +107,57 @@ def check_options(config) -> None:
   if r.stage2_schedule not in STAGE2_SCHEDULES:
     raise ConfigError(f"config key 'recipe.stage2_schedule' has bad value {r.stage2_schedule!r}; "
                       f"use one of {', '.join(STAGE2_SCHEDULES)}")
+
+
+def _stage1_keys(resolved: dict) -> dict:
+  """The parts of a resolved config (as config.json holds it) that fix stage 1's weights."""
+  out = {k: resolved[k] for k in ("seed", "model", "data") if k in resolved}
+  out["train"] = {k: v for k, v in resolved.get("train", {}).items()
+                  if k not in STAGE1_FREE_TRAIN_KEYS}
+  return out
+
+
+def external_stage1(config, workdir: str) -> str | None:
+  """`recipe.stage1_workdir` checked as a finished stage 1 of `config`; None when it is unset.
+
+  Raises ConfigError when the directory overlaps `workdir`, is not a finished `ce` (or decoupled
+  stage-1) run, or was trained with other seed/model/data/train keys (listed in the message).
+  """
+  directory = config.recipe.stage1_workdir
+  if not directory:
+    return None
+  key = "config key 'recipe.stage1_workdir'"
+  here, there = os.path.realpath(workdir), os.path.realpath(directory)
+  if os.path.commonpath([here, there]) in (here, there):
+    raise ConfigError(f"{key}: {directory} and --workdir {workdir} contain one another, but "
+                      "stage 1 is read only: use separate directories, e.g. runs/ce and runs/crt")
+  for name in (workdir_lib.METRICS_FILE, workdir_lib.CONFIG_FILE):
+    if not os.path.isfile(os.path.join(directory, name)):
+      raise ConfigError(f"{key}: {directory} has no {name}, so it is no finished run; finish the "
+                        "ce run there (run its command again) or give a finished run's workdir")
+  config_path = os.path.join(directory, workdir_lib.CONFIG_FILE)
+  with open(config_path, encoding="utf-8") as f:
+    trained = json.load(f)
+  recipe = trained.get("recipe", {}).get("name", "ce")
+  if recipe != "ce" and recipe not in RECIPES:
+    raise ConfigError(f"{key}: {directory} holds a {recipe!r} run ({config_path}), but stage 1 "
+                      "is ce; give a ce run's workdir, or leave the key empty to train stage 1")
+  if recipe in RECIPES and os.path.isdir(os.path.join(directory, STAGE1)):
+    raise ConfigError(f"{key}: {directory} is a decoupled run's workdir; give its stage-1 "
+                      f"directory {os.path.join(directory, STAGE1)}")
+  # Compared as config.json stores them, with the resume check's helper.
+  changes = workdir_lib._diff(_stage1_keys(trained),
+                              _stage1_keys(json.loads(config_lib.to_json(config))))
+  if changes:
+    shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+    raise ConfigError(f"{key}: the run in {directory} was trained with other keys (its value -> "
+                      f"this config's: {shown}); pass the same keys, or leave the key empty to "
+                      "train stage 1")
+  for which in ("latest", "best"):
+    if not os.path.isdir(os.path.join(directory, "checkpoints", which)):
+      raise ConfigError(f"{key}: {directory} has no checkpoints/{which}, so it is no classifier "
+                        "run; give a finished ce run's workdir")
+  return directory
 
 
 def stage2_config(config):
@@ -194,13 +256,17 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
                        stop: StopRequest | None = None) -> dict:
   """Runs stage 1 (skipped when finished), then stage 2; evaluates stage 2 into `workdir`."""
   check_options(config)
+  external = external_stage1(config, workdir)  # outside `workdir`: --overwrite cannot reach it
   if overwrite and jax.process_index() == 0:
     for name in (STAGE1, STAGE2):
       shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
   workdir_lib.prepare(workdir, config, overwrite)
-  stage1_dir = os.path.join(workdir, STAGE1)
+  stage1_dir = external or os.path.join(workdir, STAGE1)
   setup = classifier.build_setup(config)
-  if os.path.exists(os.path.join(stage1_dir, workdir_lib.METRICS_FILE)):
+  if external:
+    log.info("stage 1 of %s: the finished run in %s (recipe.stage1_workdir)",
+             config.recipe.name, external)
+  elif os.path.exists(os.path.join(stage1_dir, workdir_lib.METRICS_FILE)):
     log.info("stage 1 is finished (%s/%s); skipping it", stage1_dir, workdir_lib.METRICS_FILE)
   else:
     workdir_lib.prepare(stage1_dir, config, overwrite=False)
@@ -209,7 +275,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
                          stop=stop)
   params, model_state, stage1_step, stage1_state = _stage1_model_params(config, setup,
                                                                          stage1_dir)
-  extra = {"stages": {"stage1": {"dir": STAGE1, "checkpoint": config.evaluate.checkpoint,
+  extra = {"stages": {"stage1": {"dir": os.path.abspath(external) if external else STAGE1,
+                                 "checkpoint": config.evaluate.checkpoint,
                                  "step": stage1_step},
                       "stage2": {"dir": STAGE2}}}
   stage2_dir = os.path.join(workdir, STAGE2)
