@@ -93,6 +93,8 @@ def parse_args(argv=None):
                  help="extra --config.KEY=VALUE override for every run (repeatable)")
   p.add_argument("--runs", default="runs/classic_recipes", help="root of the run directories")
   p.add_argument("--out", default=os.path.join("docs", "results", "classic_recipes.md"))
+  p.add_argument("--notes", default=os.path.join("docs", "results", "classic_recipes_notes.md"),
+                 help="markdown put under the table's header when the file exists (findings)")
   p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table")
   p.add_argument("--timeout", type=float, default=0.0, help="seconds per run; 0 = none")
   p.add_argument("--jobs", type=int, default=1, help="runs at a time (they share the devices)")
@@ -389,6 +391,9 @@ def render(args, results, infos, device) -> str:
            + (" The decoupled recipes (crt, lws, tau_norm, multistage_sampler) take the ce run "
               "of the same seed as their stage 1 (`recipe.stage1_workdir`), so their stage 1 "
               "is the ce row." if args.reuse_stage1 else ""), ""]
+  if args.notes and os.path.exists(args.notes):
+    with open(args.notes) as f:
+      lines += [f.read().strip(), ""]
   for dataset in args.datasets:
     info = infos[dataset]
     lines += [f"## {dataset}", ""]
