@@ -324,8 +324,14 @@ def run(args) -> dict:
       "XLA cost analysis of the lowered (unoptimised) forward at batch 1: adds elementwise ops, "
       "skips zero-padded conv taps")
   log(f"{result['params']:,} params, {result['gflops_per_forward']:.3f} GFLOP/forward "
-      f"(XLA {result['gflops_per_forward_xla']:.3f}); matmul {args.matmul_size}^2 float32 ...")
-  probe = MatmulProbe(args.matmul_size, jnp.float32)
+      f"(XLA {result['gflops_per_forward_xla']:.3f}); matmul {args.matmul_size}^2 {args.dtype} ...")
+  # The probe multiplies in the compute dtype, a 2-byte one accumulating in float32 as the
+  # model's dots do (models/layers.py), so fraction_of_matmul_peak compares like with like.
+  compute = jnp.dtype(args.dtype)
+  probe = MatmulProbe(args.matmul_size, compute,
+                      accumulate=None if compute == jnp.float32 else jnp.float32)
+  result["matmul_dtype"] = compute.name
+  result["matmul_accumulate_dtype"] = (probe.accumulate or compute).name
   for _ in range(args.matmul_reps):
     probe.rep()
   point = measure(bench, probe, args.batch, args.steps, args.reps)

@@ -123,13 +123,18 @@ def flops_of(compiled) -> float | None:
 class MatmulProbe:
   """A jitted square matmul on the default device, timed one rep at a time."""
 
-  def __init__(self, size: int, dtype):
+  def __init__(self, size: int, dtype, accumulate=None):
+    """`accumulate` (e.g. float32 for bfloat16 operands): the dot's preferred_element_type."""
+    import functools
     import jax
     import jax.numpy as jnp
     self.size, self.dtype = size, jnp.dtype(dtype)
+    self.accumulate = None if accumulate is None else jnp.dtype(accumulate)
     self.a = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
     self.b = jax.random.normal(jax.random.PRNGKey(2), (size, size), dtype)
-    self.matmul = jax.jit(jnp.matmul).lower(self.a, self.b).compile()
+    matmul = (jnp.matmul if accumulate is None
+              else functools.partial(jnp.matmul, preferred_element_type=accumulate))
+    self.matmul = jax.jit(matmul).lower(self.a, self.b).compile()
     self.matmul(self.a, self.b).block_until_ready()
     self.times, self.cpu_times = [], []
 

@@ -1,11 +1,14 @@
-"""The im2col convolution equals XLA's convolution, values and gradients."""
+"""The im2col and row-tap convolutions equal XLA's convolution, values and gradients; the
+bfloat16 path (float32 accumulation) matches float32 within bf16 rounding; GroupNorm = flax's."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsynth.models.layers import Conv, im2col_conv
+from jaxsynth.models.layers import (Conv, GroupNorm, accumulates_in_float32, group_norm,
+                                     im2col_conv, row_conv)
 
 
 @pytest.mark.parametrize("hw,k,stride,pad", [(2, 3, 1, 1), (5, 3, 2, 1), (8, 1, 2, 0), (7, 7, 2, 3),
@@ -37,3 +40,98 @@ def test_conv_module_gives_the_same_output_for_each_impl():
   assert outputs["xla"].shape == (2, 3, 3, 8)
   for impl in ("im2col", "auto"):
     np.testing.assert_allclose(outputs[impl], outputs["xla"], rtol=1e-5, atol=1e-5)
+
+
+def _xla_conv(x, w, stride, pad):
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("k,pad", [(3, 1), (3, 0), (1, 0), (5, 2)])
+def test_row_conv_matches_xla_conv_and_its_gradient(k, pad):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 7, 6, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 5, 4)), jnp.float32)
+  ours = lambda x, w: row_conv(x, w, ((pad, pad), (pad, pad)))
+  xla = lambda x, w: _xla_conv(x, w, 1, pad)
+  np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1))(x, w)
+  for a, b in zip(grad(ours), grad(xla)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("hw,k,stride,pad", [(8, 3, 1, 1), (8, 3, 2, 1), (6, 1, 1, 0), (3, 3, 1, 1)])
+def test_bfloat16_conv_matches_float32_xla_conv_values_and_gradients(hw, k, stride, pad):
+  """The bf16 path (row_conv / im2col / dot with float32 accumulation on CPU) against XLA's
+  float32 conv of the same bf16-rounded operands: equal to bf16 output rounding."""
+  assert accumulates_in_float32(jnp.bfloat16)               # the tests run on CPU
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, hw, hw, 16)), jnp.float32)
+  module = Conv(24, (k, k), stride, padding=pad, dtype=jnp.bfloat16)
+  params = module.init(jax.random.PRNGKey(0), x)
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)          # a nonzero bias
+  round16 = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+
+  def ours(params, x):
+    return module.apply(params, x).astype(jnp.float32)
+
+  def reference(params, x):
+    p = params["params"]
+    return _xla_conv(round16(x), round16(p["kernel"]), stride, pad) + round16(p["bias"])
+
+  out, ref = ours(params, x), reference(params, x)
+  assert module.apply(params, x).dtype == jnp.bfloat16
+  scale = float(jnp.abs(ref).max())
+  np.testing.assert_allclose(out, ref, rtol=2 ** -7, atol=2 ** -7 * scale)
+  cotangent = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+  grad = lambda f: jax.grad(lambda p, x: jnp.sum(f(p, x) * cotangent), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(grad(ours)), jax.tree_util.tree_leaves(grad(reference))):
+    assert a.dtype == jnp.float32                                    # params and input are f32
+    np.testing.assert_allclose(a, b, rtol=2 ** -6, atol=2 ** -6 * float(jnp.abs(b).max()))
+
+
+def test_float32_conv_path_is_unchanged():
+  """float32 keeps XLA's conv (and im2col's plain matmul), bit for bit."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 6)), jnp.float32)
+  for stride, impl in ((1, "auto"), (1, "xla"), (2, "im2col")):
+    module = Conv(7, (3, 3), stride, padding=1, impl=impl)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, module.init(jax.random.PRNGKey(0), x))
+    p = params["params"]
+    if impl == "im2col":
+      padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+      patches = jnp.concatenate([padded[:, i:i + 7:2, j:j + 7:2] for i in range(3)
+                                 for j in range(3)], axis=-1)
+      expected = patches @ p["kernel"].reshape(54, 7) + p["bias"]
+    else:
+      expected = _xla_conv(x, p["kernel"], stride, 1) + p["bias"]
+    np.testing.assert_array_equal(jax.jit(module.apply)(params, x), jax.jit(lambda: expected)())
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 8, 8, 64), 32), ((3, 4, 4, 12), 3), ((2, 10, 16), 4)])
+def test_group_norm_matches_flax(shape, groups):
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=shape) * 3 + 2, jnp.float32)
+  ours, theirs = GroupNorm(groups), nn.GroupNorm(num_groups=groups, epsilon=1e-5)
+  params = theirs.init(jax.random.PRNGKey(0), x)
+  params = jax.tree_util.tree_map(lambda p: p + jnp.arange(p.size).reshape(p.shape) / p.size,
+                                  params)
+  assert jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(0), x)) == \
+      jax.tree_util.tree_structure(params)
+  np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-4, atol=1e-4)
+  cot = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) * cot), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(grad(ours)), jax.tree_util.tree_leaves(grad(theirs))):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+  # bfloat16 activations: float32 statistics, output within bf16 rounding of flax's
+  low = GroupNorm(groups, dtype=jnp.bfloat16).apply(params, x.astype(jnp.bfloat16))
+  ref = nn.GroupNorm(num_groups=groups, epsilon=1e-5).apply(
+      params, x.astype(jnp.bfloat16).astype(jnp.float32))
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(low.astype(jnp.float32), ref, rtol=2 ** -7,
+                             atol=2 ** -7 * float(jnp.abs(ref).max()))
+
+
+def test_group_norm_choice_keeps_float32_on_flax():
+  assert group_norm(jnp.float32) is nn.GroupNorm
+  assert group_norm(jnp.bfloat16) is GroupNorm                      # CPU

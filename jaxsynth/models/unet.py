@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsynth.models.embeddings import LabelEmbedder, TimestepEmbedder, dot_product_attention
-from jaxsynth.models.layers import Conv
+from jaxsynth.models.layers import Conv, group_norm
 
 
 def _zero_or(init, zero: bool):
@@ -45,7 +45,7 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
-    norm = functools.partial(nn.GroupNorm, num_groups=self.norm_groups, epsilon=1e-5,
+    norm = functools.partial(group_norm(self.dtype), num_groups=self.norm_groups, epsilon=1e-5,
                              dtype=self.dtype)
     conv = functools.partial(Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype,
                              impl=self.conv_impl)
@@ -80,7 +80,8 @@ class AttentionBlock(nn.Module):
     if heads < 1 or c % heads:
       raise ValueError(f"attention over {c} channels cannot use head_dim={self.head_dim}, "
                        f"num_heads={self.num_heads}")
-    h = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-5, dtype=self.dtype, name="norm")(x)
+    h = group_norm(self.dtype)(num_groups=self.norm_groups, epsilon=1e-5, dtype=self.dtype,
+                               name="norm")(x)
     qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h.reshape(b, hgt * wid, c))
     q, k, v = jnp.split(qkv.reshape(b, hgt * wid, 3, heads, c // heads), 3, axis=2)
     out = dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0]).reshape(b, hgt * wid, c)
@@ -164,8 +165,8 @@ class UNet(nn.Module):
         h = conv(ch, name=f"up_{level}_upsample")(upsample_nearest(h))
     assert not skips
 
-    h = nn.silu(nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-5, dtype=self.dtype,
-                             name="norm_out")(h))
+    h = nn.silu(group_norm(self.dtype)(num_groups=self.norm_groups, epsilon=1e-5,
+                                       dtype=self.dtype, name="norm_out")(h))
     h = conv(out_channels, kernel_init=_zero_or(nn.initializers.lecun_normal(), self.zero_init),
              name="conv_out")(h)
     return h.astype(jnp.float32)
