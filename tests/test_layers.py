@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsynth.models.layers import (Conv, GroupNorm, accumulates_in_float32, group_norm,
-                                     im2col_conv, row_conv)
+from jaxsynth.models.layers import (Conv, Dense, GroupNorm, accumulates_in_float32, dense,
+                                    group_norm, im2col_conv, row_conv)
 
 
 @pytest.mark.parametrize("hw,k,stride,pad", [(2, 3, 1, 1), (5, 3, 2, 1), (8, 1, 2, 0), (7, 7, 2, 3),
@@ -135,3 +135,22 @@ def test_group_norm_matches_flax(shape, groups):
 def test_group_norm_choice_keeps_float32_on_flax():
   assert group_norm(jnp.float32) is nn.GroupNorm
   assert group_norm(jnp.bfloat16) is GroupNorm                      # CPU
+
+
+def test_dense_accumulates_in_float32_with_flax_parameters():
+  assert dense(jnp.float32) is nn.Dense
+  assert dense(jnp.bfloat16) is Dense                               # CPU
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(4, 10, 24)), jnp.float32)
+  params = nn.Dense(16).init(jax.random.PRNGKey(0), x)
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)
+  ours = Dense(16, dtype=jnp.bfloat16)
+  assert jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(0), x)) == \
+      jax.tree_util.tree_structure(params)
+  out = ours.apply(params, x)
+  assert out.dtype == jnp.float32
+  # The reference: the same bf16-rounded operands, multiplied in float32.
+  ref = nn.Dense(16).apply(jax.tree_util.tree_map(
+      lambda p: p.astype(jnp.bfloat16).astype(jnp.float32) if p.ndim == 2 else p, params),
+      x.astype(jnp.bfloat16).astype(jnp.float32))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

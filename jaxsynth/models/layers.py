@@ -162,6 +162,26 @@ class Conv(nn.Module):
     return y
 
 
+class Dense(nn.Module):
+  """`nn.Dense`'s parameters (`kernel`, `bias`) with the dot in `dtype` accumulating in float32,
+  returned in float32: the fast form for 2-byte dtypes on CPU (see `dense`)."""
+  features: int
+  dtype: jnp.dtype = jnp.bfloat16
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return _dot(x.astype(self.dtype), kernel.astype(self.dtype), jnp.float32) + bias
+
+
+def dense(dtype):
+  """The Dense class for a compute dtype: float32-accumulating `Dense` where `Conv` accumulates
+  in float32 (2-byte floats on CPU; its output is float32), else flax's."""
+  return Dense if accumulates_in_float32(dtype) else nn.Dense
+
+
 class GroupNorm(nn.Module):
   """`nn.GroupNorm` (same `scale`/`bias` parameters, float32 statistics, E[x^2] - E[x]^2) for
   low-precision activations, formulated for XLA:CPU: per-channel sums over the pixels first (a

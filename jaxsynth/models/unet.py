@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsynth.models.embeddings import LabelEmbedder, TimestepEmbedder, dot_product_attention
-from jaxsynth.models.layers import Conv, group_norm
+from jaxsynth.models.layers import Conv, dense, group_norm
 
 
 def _zero_or(init, zero: bool):
@@ -82,12 +82,13 @@ class AttentionBlock(nn.Module):
                        f"num_heads={self.num_heads}")
     h = group_norm(self.dtype)(num_groups=self.norm_groups, epsilon=1e-5, dtype=self.dtype,
                                name="norm")(x)
-    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h.reshape(b, hgt * wid, c))
+    linear = dense(self.dtype)  # on CPU in bf16: float32 accumulation, float32 q, k, v and out
+    qkv = linear(3 * c, dtype=self.dtype, name="qkv")(h.reshape(b, hgt * wid, c))
     q, k, v = jnp.split(qkv.reshape(b, hgt * wid, 3, heads, c // heads), 3, axis=2)
     out = dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0]).reshape(b, hgt * wid, c)
-    out = nn.Dense(c, dtype=self.dtype, name="proj_out",
-                   kernel_init=_zero_or(nn.initializers.lecun_normal(), self.zero_init))(out)
-    return x + out.reshape(b, hgt, wid, c)
+    out = linear(c, dtype=self.dtype, name="proj_out",
+                 kernel_init=_zero_or(nn.initializers.lecun_normal(), self.zero_init))(out)
+    return (x + out.reshape(b, hgt, wid, c)).astype(x.dtype)
 
 
 def upsample_nearest(x: jax.Array) -> jax.Array:
