@@ -93,22 +93,20 @@ def _assert_numbers_close(a, b, where: str) -> None:
     assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Runs the two-process job (through the launcher) and the one-process job side by side."""
-  tmp = tmp_path_factory.mktemp("multihost")
-  multi, single, logs = str(tmp / "two"), str(tmp / "one"), str(tmp / "logs")
-  os.makedirs(logs)
+def _run_side_by_side(flags: list[str], multi: str, single: str, logs: str) -> None:
+  """Runs `jaxsynth.main FLAGS` as 2 processes (through the launcher) into `multi` and as one
+  process into `single`, side by side; fails the test unless both finish with status 0."""
+  os.makedirs(logs, exist_ok=True)
   procs = {}
   try:
     with open(os.path.join(logs, "launcher.log"), "wb") as launcher_log, \
          open(os.path.join(logs, "single.log"), "wb") as single_log:
       procs["two processes"] = subprocess.Popen(
-          ["bash", LAUNCHER, "2", "--", *RUN_FLAGS, "--workdir", multi], cwd=ROOT,
+          ["bash", LAUNCHER, "2", "--", *flags, "--workdir", multi], cwd=ROOT,
           env=_env(PORT=str(_free_port()), LOG_DIR=logs, PYTHON=sys.executable, GRACE_S="5"),
           stdout=launcher_log, stderr=subprocess.STDOUT, start_new_session=True)
       procs["one process"] = subprocess.Popen(
-          [sys.executable, "-m", "jaxsynth.main", *RUN_FLAGS, "--workdir", single], cwd=ROOT,
+          [sys.executable, "-m", "jaxsynth.main", *flags, "--workdir", single], cwd=ROOT,
           env=_env(), stdout=single_log, stderr=subprocess.STDOUT, start_new_session=True)
       deadline = time.monotonic() + TIMEOUT_S
       while any(p.poll() is None for p in procs.values()):
@@ -126,6 +124,14 @@ def runs(tmp_path_factory):
   finally:
     for proc in procs.values():
       _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The two-process training job and the one-process job, run side by side."""
+  tmp = tmp_path_factory.mktemp("multihost")
+  multi, single = str(tmp / "two"), str(tmp / "one")
+  _run_side_by_side(RUN_FLAGS, multi, single, str(tmp / "logs"))
   return multi, single
 
 
@@ -210,3 +216,32 @@ def test_launcher_rejects_bad_usage():
     result = subprocess.run(["bash", LAUNCHER, *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_two_processes_sweep_the_same_shards_once(tmp_path):
+  """A `sample` sweep on 2 processes x 1 device: each process writes its own shards (k mod 2),
+  and together they hold exactly the bytes one process writes; one manifest, by process 0."""
+  from jaxsynth.tasks.diffusion import train_diffusion
+  from tests.helpers import tiny_diffusion_config
+  trained = str(tmp_path / "trained")
+  train_diffusion(tiny_diffusion_config("dit", steps=2, train__sample_every=0,
+                                        diffusion__val_batches=0), trained)
+  flags = ["--config", "configs/diffusion.py:sample", f"--config.sample.run_dir={trained}",
+           "--config.sample.per_class=111", "--config.sample.num_steps=5",
+           "--config.sample.shard_size=6", "--config.sample.batch_size=4"]
+  multi, single = str(tmp_path / "two"), str(tmp_path / "one")
+  _run_side_by_side(flags, multi, single, str(tmp_path / "logs"))
+  with open(tmp_path / "logs" / "process_1.log", encoding="utf-8") as f:
+    assert "process 1 of 2" in f.read()
+  shards = sorted(os.listdir(os.path.join(single, "samples")))
+  assert sorted(os.listdir(os.path.join(multi, "samples"))) == shards
+  assert len([n for n in shards if n.startswith("shard-")]) == 6  # 31 samples in shards of 6
+  for name in shards:
+    if name.startswith("shard-"):
+      with open(os.path.join(multi, "samples", name), "rb") as f2, \
+           open(os.path.join(single, "samples", name), "rb") as f1:
+        assert f2.read() == f1.read(), name
+  manifest2 = _read_json(os.path.join(multi, "samples", "manifest.json"))
+  manifest1 = _read_json(os.path.join(single, "samples", "manifest.json"))
+  assert manifest2["complete"] and manifest2["counts"] == manifest1["counts"]
+  assert manifest2["shards"] == manifest1["shards"]
