@@ -36,6 +36,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   data.test_fraction = 0.1      # held out of train for sources without a test split
   data.mean = 0.5               # images are scaled to [0, 1], then (x - mean) / std
   data.std = 0.5
+  data.channel_mean = ()        # per-channel mean replacing data.mean, e.g. (0.485, 0.456, 0.406)
+  data.channel_std = ()         # per-channel std replacing data.std, e.g. (0.229, 0.224, 0.225)
   data.threads = 4              # grain reader threads
   data.prefetch = 4             # batches prefetched ahead of the train step
   data.augment = aug = ml_collections.ConfigDict()
@@ -61,6 +63,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   model.num_heads = ()          # heads per stage, () = the variant's (Swin-T (3, 6, 12, 24); ViT (6,))
   # Start from timm weights: a .safetensors (or .pth/.bin when torch is installed) state dict of
   # the same architecture; loaded by models.convert.apply_pretrained after init. "" = random init.
+  # ImageNet weights expect ImageNet's statistics: --config.data.channels=3
+  # --config.data.channel_mean="(0.485,0.456,0.406)" --config.data.channel_std="(0.229,0.224,0.225)"
   model.pretrained = ""
 
   config.train = train = ml_collections.ConfigDict()
@@ -147,6 +151,15 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
   for key in ("val_fraction", "test_fraction"):
     _require(0 <= data[key] < 1, f"data.{key}", data[key], "use a fraction in [0, 1)")
   _require(data.std > 0, "data.std", data.std, "use a positive number")
+  for key in ("channel_mean", "channel_std"):
+    _require(len(data[key]) in (0, 1, 3), f"data.{key}", data[key],
+             "give one value per channel (1 or 3), or () to use the scalar")
+  _require(all(float(s) > 0 for s in data.channel_std), "data.channel_std", data.channel_std,
+           "use positive numbers")
+  _require(not (data.channels and len(data.channel_mean) not in (0, 1, data.channels)),
+           "data.channel_mean", data.channel_mean, f"give {data.channels} values (data.channels)")
+  _require(not (data.channels and len(data.channel_std) not in (0, 1, data.channels)),
+           "data.channel_std", data.channel_std, f"give {data.channels} values (data.channels)")
   _require(0 <= data.augment.color_jitter < 1, "data.augment.color_jitter",
            data.augment.color_jitter, "use a strength in [0, 1)")
   _require(train.batch_size > 0, "train.batch_size", train.batch_size, "use a positive integer")

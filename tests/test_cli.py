@@ -84,3 +84,14 @@ def test_validate_names_the_bad_key():
   config.train.ema_decay = 1.5
   with pytest.raises(ConfigError, match="train.ema_decay"):
     config_lib.validate(config, TASKS)
+
+
+@pytest.mark.parametrize("key, value, channels", [("channel_mean", (0.5, 0.5), 0),
+                                                  ("channel_std", (0.2, 0.0, 0.2), 0),
+                                                  ("channel_mean", (0.4, 0.4, 0.4), 1)])
+def test_validate_checks_per_channel_normalisation(key, value, channels):
+  config = default.get_config()
+  config.data.channels = channels
+  config.data[key] = value
+  with pytest.raises(ConfigError, match=f"data.{key}"):
+    config_lib.validate(config, TASKS)

@@ -5,6 +5,7 @@ import pytest
 
 from configs import classifier
 from jaxsynth.data import augment, pipeline
+from jaxsynth.errors import ConfigError
 from tests.conftest import make_array_source
 
 
@@ -87,6 +88,21 @@ def test_preprocess_resizes_converts_and_normalises():
   out = augment.preprocess(image, cfg, None)
   assert out.shape == (12, 12, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out, 1.0)
+
+
+def test_per_channel_normalisation_replaces_the_scalars():
+  cfg = data_cfg()
+  cfg.channels = 3
+  cfg.channel_mean, cfg.channel_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  image = np.stack([np.full((4, 4), v, np.uint8) for v in (0, 128, 255)], axis=-1)
+  out = augment.preprocess(image, cfg, None)
+  expected = (np.array([0, 128, 255]) / 255.0 - np.array(cfg.channel_mean)) / np.array(
+      cfg.channel_std)
+  np.testing.assert_allclose(out[0, 0], expected, rtol=1e-5)
+  # A gray image would broadcast silently against 3 means: a clear error instead.
+  cfg.channels = 0
+  with pytest.raises(ConfigError, match="data.channel_mean.*3 values.*1 channel"):
+    augment.preprocess(image[..., :1], cfg, None)
 
 
 def test_augmentations_change_images_but_keep_shapes():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from jaxsynth.errors import ConfigError
+
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
   """Converts uint8 (H, W, C) between gray and RGB; channels 0 keeps the image as is."""
@@ -58,6 +60,14 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
   return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
+def normalisation(data_cfg) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) of x' = (x - mean) / std: `data.channel_mean`/`channel_std` (per channel) where
+  set, else the scalars `data.mean`/`data.std`. Reads configs saved before the per-channel keys."""
+  mean = data_cfg.get("channel_mean", ()) or data_cfg.mean
+  std = data_cfg.get("channel_std", ()) or data_cfg.std
+  return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+
 def preprocess(image: np.ndarray, data_cfg, rng: np.random.Generator | None) -> np.ndarray:
   """uint8 image -> float32 normalised image; augments when `rng` is given (training)."""
   image = resize(convert_channels(image, data_cfg.channels), data_cfg.image_size)
@@ -74,4 +84,10 @@ def preprocess(image: np.ndarray, data_cfg, rng: np.random.Generator | None) -> 
   out = image.astype(np.float32) * (1.0 / 255.0)
   if rng is not None and aug.color_jitter > 0:
     out = color_jitter(out, aug.color_jitter, rng)
-  return (out - data_cfg.mean) / data_cfg.std
+  mean, std = normalisation(data_cfg)
+  for name, value in (("channel_mean", mean), ("channel_std", std)):
+    if value.size > 1 and value.size != out.shape[-1]:
+      raise ConfigError(f"config key 'data.{name}' has {value.size} values but the images have "
+                        f"{out.shape[-1]} channel(s); give {out.shape[-1]} values or set "
+                        f"--config.data.channels={value.size}")
+  return (out - mean) / std

@@ -82,8 +82,9 @@ def label_order(counts) -> np.ndarray:
   return labels[np.lexsort((labels, times))]
 
 
-def to_uint8(images, mean: float, std: float) -> np.ndarray:
-  """Normalised float images -> uint8 (x·std + mean, scaled to [0, 255], rounded, clipped)."""
+def to_uint8(images, mean, std) -> np.ndarray:
+  """Normalised float images -> uint8 (x·std + mean, scaled to [0, 255], rounded, clipped);
+  mean and std are scalars or per-channel arrays."""
   pixels = (np.asarray(images, np.float32) * np.float32(std) + np.float32(mean)) * 255.0
   return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
@@ -146,7 +147,7 @@ def finished_shards(directory: str, plan: Plan, owned: list[int]) -> np.ndarray:
 
 
 def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, directory: str, *,
-              batch_size: int, mesh, mean: float, std: float, manifest: dict,
+              batch_size: int, mesh, mean, std, manifest: dict,
               stop: StopRequest | None = None) -> dict:
   """Draws every unfinished shard of `plan` into `directory`; returns the final manifest.
 

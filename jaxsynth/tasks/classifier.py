@@ -16,7 +16,7 @@ import optax
 from clu import parameter_overview
 
 from jaxsynth import config as config_lib
-from jaxsynth.data import pipeline
+from jaxsynth.data import augment, pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.pipeline import input_shape
 from jaxsynth.data.sources import open_source
@@ -222,7 +222,8 @@ def run_stage(config, setup: Setup, plan: Plan, directory: str, out_dir: str | N
   writer = MetricWriter(directory)
 
   def preview(local_batch):
-    grid = image_grid(local_batch["image"][:64], mean=config.data.mean, std=config.data.std)
+    mean, std = augment.normalisation(config.data)
+    grid = image_grid(local_batch["image"][:64], mean=mean, std=std)
     writer.image(start, "train/first_batch", grid)
 
   try:

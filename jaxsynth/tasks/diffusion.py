@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsynth.data import pipeline
+from jaxsynth.data import augment, pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.sources import open_source
 from jaxsynth.diffusion.losses import WEIGHTINGS, diffusion_loss, per_sample_loss
@@ -208,7 +208,8 @@ def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
 
   def write(step: int, state) -> None:
     images = parallel.to_host(sampler(state.ema_params, labels, indices, root))[:n]
-    grid = image_grid(images, columns=per_class, mean=config.data.mean, std=config.data.std)
+    mean, std = augment.normalisation(config.data)
+    grid = image_grid(images, columns=per_class, mean=mean, std=std)
     if jax.process_index() == 0:
       path = os.path.join(workdir, GRIDS_DIR, f"step-{step:06d}.png")
       workdir_lib.atomic_write_bytes(path, png_bytes(grid))

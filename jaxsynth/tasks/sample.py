@@ -17,7 +17,7 @@ import ml_collections
 import optax
 
 from jaxsynth import config as config_lib
-from jaxsynth.data import pipeline, synthetic_format
+from jaxsynth.data import augment, pipeline, synthetic_format
 from jaxsynth.data.sources import open_source
 from jaxsynth.diffusion.samplers import SAMPLERS, SPACINGS, make_sampler
 from jaxsynth.diffusion.schedules import make_schedule
@@ -130,9 +130,10 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   }
   log.info("sweep of %d samples (per class %s) from %s step %d into %s", plan.labels.size,
            counts.tolist(), config.sample.run_dir, step, directory)
+  mean, std = augment.normalisation(run.data)
   result = sweep.run_sweep(sampler, params, jax.random.PRNGKey(config.seed), plan, directory,
-                           batch_size=int(s.batch_size), mesh=mesh, mean=float(run.data.mean),
-                           std=float(run.data.std), manifest=manifest, stop=stop)
+                           batch_size=int(s.batch_size), mesh=mesh, mean=mean, std=std,
+                           manifest=manifest, stop=stop)
   metrics = {"samples": int(counts.sum()), "counts": counts.tolist(),
              "shards": plan.num_shards, "checkpoint": manifest["checkpoint"],
              "images_per_s": result["images_per_s"]}

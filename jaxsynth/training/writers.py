@@ -24,8 +24,9 @@ def _plain(value):
   return value
 
 
-def image_grid(images: np.ndarray, columns: int = 8, mean: float = 0.5, std: float = 0.5):
-  """Tiles normalised (N, H, W, C) images into one uint8 (rows*H, columns*W, 3) grid."""
+def image_grid(images: np.ndarray, columns: int = 8, mean=0.5, std=0.5):
+  """Tiles normalised (N, H, W, C) images (mean, std: scalars or per channel) into one uint8
+  (rows*H, columns*W, 3) grid."""
   images = np.clip((np.asarray(images, np.float32) * std + mean) * 255.0, 0, 255).astype(np.uint8)
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
