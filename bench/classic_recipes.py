@@ -289,8 +289,8 @@ def run_all(args, infos, t0: float) -> dict:
           break
         dataset, recipe, seed = job
         stage1 = stage1_source(args, dataset, recipe, seed)
-        if stage1 and (dataset, STAGE1_RECIPE, seed) in [j for j in pending + list(
-            running.values())]:
+        stage1_job = (dataset, STAGE1_RECIPE, seed)
+        if stage1 and (stage1_job in pending or stage1_job in running.values()):
           continue  # its stage 1 has not finished yet
         if stage1 and not os.path.exists(os.path.join(stage1, "metrics.json")):
           pending.remove(job)

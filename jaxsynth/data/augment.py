@@ -60,16 +60,29 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
   return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def normalisation(data_cfg) -> tuple[np.ndarray, np.ndarray]:
+def normalisation(data_cfg, channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(mean, std) of x' = (x - mean) / std: `data.channel_mean`/`channel_std` (per channel) where
-  set, else the scalars `data.mean`/`data.std`. Reads configs saved before the per-channel keys."""
-  mean = data_cfg.get("channel_mean", ()) or data_cfg.mean
-  std = data_cfg.get("channel_std", ()) or data_cfg.std
-  return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  set, else the scalars `data.mean`/`data.std`. Reads configs saved before the per-channel keys.
+
+  With `channels` (the images' channel count), a per-channel list of another length is a
+  ConfigError rather than a silent broadcast.
+  """
+  mean = np.asarray(data_cfg.get("channel_mean", ()) or data_cfg.mean, np.float32)
+  std = np.asarray(data_cfg.get("channel_std", ()) or data_cfg.std, np.float32)
+  for name, value in (("channel_mean", mean), ("channel_std", std)):
+    if channels is not None and value.size > 1 and value.size != channels:
+      raise ConfigError(f"config key 'data.{name}' has {value.size} values but the images have "
+                        f"{channels} channel(s); give {channels} values or set "
+                        f"--config.data.channels={value.size}")
+  return mean, std
 
 
-def preprocess(image: np.ndarray, data_cfg, rng: np.random.Generator | None) -> np.ndarray:
-  """uint8 image -> float32 normalised image; augments when `rng` is given (training)."""
+def preprocess(image: np.ndarray, data_cfg, rng: np.random.Generator | None,
+               norm: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+  """uint8 image -> float32 normalised image; augments when `rng` is given (training).
+
+  `norm`: `normalisation(data_cfg, channels)` computed once by the caller (else per call).
+  """
   image = resize(convert_channels(image, data_cfg.channels), data_cfg.image_size)
   aug = data_cfg.augment
   if rng is not None:
@@ -84,10 +97,5 @@ def preprocess(image: np.ndarray, data_cfg, rng: np.random.Generator | None) -> 
   out = image.astype(np.float32) * (1.0 / 255.0)
   if rng is not None and aug.color_jitter > 0:
     out = color_jitter(out, aug.color_jitter, rng)
-  mean, std = normalisation(data_cfg)
-  for name, value in (("channel_mean", mean), ("channel_std", std)):
-    if value.size > 1 and value.size != out.shape[-1]:
-      raise ConfigError(f"config key 'data.{name}' has {value.size} values but the images have "
-                        f"{out.shape[-1]} channel(s); give {out.shape[-1]} values or set "
-                        f"--config.data.channels={value.size}")
+  mean, std = norm if norm is not None else normalisation(data_cfg, out.shape[-1])
   return (out - mean) / std

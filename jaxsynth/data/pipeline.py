@@ -61,12 +61,13 @@ def train_dataset(source: ImageSource, data_cfg, *, global_batch: int, seed: int
     raise ValueError(f"training split of {source.name} is empty")
   order = index_order or EpochShuffle(len(source), seed)
   local_batch = global_batch // process_count
+  norm = augment.normalisation(data_cfg, input_shape(data_cfg, source)[-1])
 
   def load(local_position: int) -> dict:
     g = _local_to_global(local_position, global_batch, process_index, process_count)
     record = source[order(g)]
     rng = stream_rng(seed, AUGMENT_STREAM, g)
-    return {"image": augment.preprocess(record["image"], data_cfg, rng),
+    return {"image": augment.preprocess(record["image"], data_cfg, rng, norm),
             "label": np.int32(record["label"])}
 
   positions = grain.MapDataset.range(start_step * local_batch, num_steps * local_batch)
@@ -95,11 +96,12 @@ def eval_dataset(source: ImageSource, data_cfg, *, global_batch: int, process_in
     raise ValueError(f"evaluation split of {source.name} is empty")
   local_batch = global_batch // process_count
   steps = num_eval_batches(n, global_batch)
+  norm = augment.normalisation(data_cfg, input_shape(data_cfg, source)[-1])
 
   def load(local_position: int) -> dict:
     g = _local_to_global(local_position, global_batch, process_index, process_count)
     record = source[min(g, n - 1)]
-    return {"image": augment.preprocess(record["image"], data_cfg, None),
+    return {"image": augment.preprocess(record["image"], data_cfg, None, norm),
             "label": np.int32(record["label"]), "mask": np.float32(g < n),
             "index": np.int32(g)}
 
