@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsynth.models.layers import (Conv, Dense, GroupNorm, accumulates_in_float32, dense,
-                                    group_norm, im2col_conv, row_conv)
+from jaxsynth.models.layers import (Conv, Dense, GroupNorm, accumulates_in_float32,
+                                    concatenate_channels, dense, group_norm, im2col_conv,
+                                    row_conv, stack_channels)
 
 
 @pytest.mark.parametrize("hw,k,stride,pad", [(2, 3, 1, 1), (5, 3, 2, 1), (8, 1, 2, 0), (7, 7, 2, 3),
@@ -47,12 +48,13 @@ def _xla_conv(x, w, stride, pad):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+@pytest.mark.parametrize("merge_rows", [True, False])
 @pytest.mark.parametrize("k,pad", [(3, 1), (3, 0), (1, 0), (5, 2)])
-def test_row_conv_matches_xla_conv_and_its_gradient(k, pad):
+def test_row_conv_matches_xla_conv_and_its_gradient(k, pad, merge_rows):
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(2, 7, 6, 5)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(k, k, 5, 4)), jnp.float32)
-  ours = lambda x, w: row_conv(x, w, ((pad, pad), (pad, pad)))
+  ours = lambda x, w: row_conv(x, w, ((pad, pad), (pad, pad)), merge_rows=merge_rows)
   xla = lambda x, w: _xla_conv(x, w, 1, pad)
   np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
   grad = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1))(x, w)
@@ -154,3 +156,20 @@ def test_dense_accumulates_in_float32_with_flax_parameters():
       lambda p: p.astype(jnp.bfloat16).astype(jnp.float32) if p.ndim == 2 else p, params),
       x.astype(jnp.bfloat16).astype(jnp.float32))
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_stacking_and_bit_concatenation_equal_jnp_concatenate_with_gradients():
+  rng = np.random.default_rng(5)
+  parts = [jnp.asarray(rng.normal(size=(2, 3, 4, 6)), jnp.bfloat16) for _ in range(3)]
+  np.testing.assert_array_equal(stack_channels(parts), jnp.concatenate(parts, axis=-1))
+  uneven = [parts[0], jnp.asarray(rng.normal(size=(2, 3, 4, 2)), jnp.bfloat16)]
+  ours = concatenate_channels(uneven)
+  assert ours.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(ours, jnp.concatenate(uneven, axis=-1))
+  weights = jnp.asarray(rng.normal(size=ours.shape), jnp.float32)
+  loss = lambda f: lambda a, b: jnp.sum(f([a, b]).astype(jnp.float32) * weights)
+  ours_grad = jax.grad(loss(concatenate_channels), argnums=(0, 1))(*uneven)
+  jnp_grad = jax.grad(loss(lambda xs: jnp.concatenate(xs, axis=-1)), argnums=(0, 1))(*uneven)
+  for a, b in zip(ours_grad, jnp_grad):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(a, b)

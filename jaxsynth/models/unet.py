@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxsynth.models.embeddings import LabelEmbedder, TimestepEmbedder, dot_product_attention
-from jaxsynth.models.layers import Conv, accumulates_in_float32, dense, group_norm
+from jaxsynth.models.layers import (Conv, accumulates_in_float32, concatenate_channels, dense,
+                                     group_norm)
 
 
 def _zero_or(init, zero: bool):
@@ -160,7 +161,7 @@ class UNet(nn.Module):
     for level in reversed(range(len(self.channels))):
       ch = self.channels[level]
       for i in range(self.res_blocks + 1):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = concatenate_channels([h, skips.pop()])
         h = res(ch, name=f"up_{level}_res_{i}")(h, emb, train)
         if h.shape[1] in self.attn_resolutions:
           h = attn(name=f"up_{level}_attn_{i}")(h)
