@@ -153,6 +153,12 @@ def test_reference_unet_matches_the_diffusers_benchmark_size_and_flops():
   assert abs(flops["analytic"] / 1e9 / REFERENCE_GFLOPS - 1) < 0.01
   # XLA's count skips zero-padded conv taps (-5%) and adds elementwise ops (+1%).
   assert abs(flops["xla"] / 1e9 / REFERENCE_GFLOPS - 1) < 0.05
+  # The count is the model's, not the formulation's: the CPU bf16 path's dots also multiply
+  # padding rows, which must not inflate the FLOPs the benchmark divides by.
+  bf16 = denoisers.reference_unet_config()
+  bf16.dtype = "bfloat16"
+  bf16_model = denoisers.make_denoiser(bf16, 2)
+  assert denoisers.forward_flops(bf16_model, (32, 32, 3))["analytic"] == flops["analytic"]
   # The attention layout of the reference: 16 heads of 8 channels, only at 16x16, none mid.
   attn = [k for k in params["params"] if "attn" in k]
   assert sorted(attn) == ["down_1_attn_0", "down_1_attn_1", "up_1_attn_0", "up_1_attn_1",
