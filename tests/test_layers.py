@@ -9,7 +9,7 @@ import pytest
 
 from jaxsynth.models.layers import (Conv, Dense, GroupNorm, accumulates_in_float32,
                                     concatenate_channels, dense, group_norm, im2col_conv,
-                                    row_conv, stack_channels)
+                                    row_conv, stack_channels, upsample_conv, upsample_nearest)
 
 
 @pytest.mark.parametrize("hw,k,stride,pad", [(2, 3, 1, 1), (5, 3, 2, 1), (8, 1, 2, 0), (7, 7, 2, 3),
@@ -90,6 +90,38 @@ def test_bfloat16_conv_matches_float32_xla_conv_values_and_gradients(hw, k, stri
   for a, b in zip(jax.tree_util.tree_leaves(grad(ours)), jax.tree_util.tree_leaves(grad(reference))):
     assert a.dtype == jnp.float32                                    # params and input are f32
     np.testing.assert_allclose(a, b, rtol=2 ** -6, atol=2 ** -6 * float(jnp.abs(b).max()))
+
+
+def test_upsample_conv_equals_a_conv_of_the_upsampled_map_values_and_gradients():
+  """Four 2x2 parity convs on x = the 3x3 conv of nearest-2x-upsampled x (float32: exact)."""
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(2, 5, 4, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 6, 7)), jnp.float32)
+  ours = lambda x, w: upsample_conv(x, w, None)
+  direct = lambda x, w: _xla_conv(upsample_nearest(x), w, 1, 1)
+  assert ours(x, w).shape == (2, 10, 8, 7)
+  np.testing.assert_allclose(ours(x, w), direct(x, w), rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1))(x, w)
+  for a, b in zip(grad(ours), grad(direct)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_upsampling_conv_module_keeps_its_parameters_and_matches_float32_in_bfloat16():
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32)
+  f32, bf16 = (Conv(8, (3, 3), padding=1, upsample=True, dtype=d)
+               for d in (jnp.float32, jnp.bfloat16))
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, f32.init(jax.random.PRNGKey(0), x))
+  plain = Conv(8, (3, 3), padding=1).init(jax.random.PRNGKey(0), upsample_nearest(x))
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(plain)
+  expected = f32.apply(params, x)
+  np.testing.assert_allclose(expected, Conv(8, (3, 3), padding=1).apply(params,
+                                                                         upsample_nearest(x)),
+                             rtol=1e-6, atol=1e-6)
+  out = bf16.apply(params, x)
+  assert out.dtype == jnp.bfloat16 and out.shape == (2, 8, 8, 8)
+  scale = float(jnp.abs(expected).max())
+  np.testing.assert_allclose(out.astype(jnp.float32), expected, rtol=2 ** -6, atol=2 ** -6 * scale)
 
 
 def test_float32_conv_path_is_unchanged():
@@ -173,3 +205,7 @@ def test_channel_stacking_and_bit_concatenation_equal_jnp_concatenate_with_gradi
   for a, b in zip(ours_grad, jnp_grad):
     assert a.dtype == jnp.bfloat16
     np.testing.assert_array_equal(a, b)
+  # Other dtypes take jnp.concatenate itself, forward-mode differentiation included.
+  x32 = jnp.asarray(rng.normal(size=(2, 3, 4, 2)), jnp.float32)
+  out, tangent = jax.jvp(lambda a: concatenate_channels([a, 2 * a]), (x32,), (x32,))
+  np.testing.assert_array_equal(tangent, jnp.concatenate([x32, 2 * x32], axis=-1))

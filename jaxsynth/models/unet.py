@@ -94,13 +94,6 @@ class AttentionBlock(nn.Module):
     return (x + out.reshape(b, hgt, wid, c)).astype(x.dtype)
 
 
-def upsample_nearest(x: jax.Array) -> jax.Array:
-  """2x nearest-neighbour upsampling of an NHWC map."""
-  b, h, w, c = x.shape
-  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-  return x.reshape(b, 2 * h, 2 * w, c)
-
-
 class UNet(nn.Module):
   """ADM-style class-conditional UNet: apply(params, x_t, t, labels, train) -> (B,H,W,C_out)."""
   num_classes: int
@@ -166,7 +159,7 @@ class UNet(nn.Module):
         if h.shape[1] in self.attn_resolutions:
           h = attn(name=f"up_{level}_attn_{i}")(h)
       if level != 0:
-        h = conv(ch, name=f"up_{level}_upsample")(upsample_nearest(h))
+        h = conv(ch, upsample=True, name=f"up_{level}_upsample")(h)
     assert not skips
 
     norm_dtype = jnp.float32 if accumulates_in_float32(self.dtype) else self.dtype  # as ResBlock
