@@ -202,6 +202,11 @@ class Bench:
     return Timer(compiled, self.params, labels, indices, key), compile_s
 
 
+def distinct_probes(probes: dict) -> list:
+  """The probe objects of `probes`, each once (float32 runs use one probe for both roles)."""
+  return list({id(probe): probe for probe in probes.values()}.values())
+
+
 def probe_figures(probe: MatmulProbe, since: int) -> tuple[float, float, int]:
   """GFLOP/s of the probe's median rep (wall, per CPU second) over its reps from `since` on."""
   flops = 2.0 * probe.size ** 3
@@ -227,7 +232,7 @@ def measure(bench: Bench, probes: dict, batch: int, steps: int, reps: int) -> di
   first_call_s = time.perf_counter() - start
   sampler.times.clear(), sampler.cpu_times.clear()
   matmul_from = {name: len(probe.times) for name, probe in probes.items()}
-  distinct = list({id(probe): probe for probe in probes.values()}.values())
+  distinct = distinct_probes(probes)
   for r in range(reps):
     images = sampler.rep()
     for probe in distinct:
@@ -338,7 +343,8 @@ def run(args) -> dict:
       "XLA cost analysis of the lowered (unoptimised) forward at batch 1: adds elementwise ops, "
       "skips zero-padded conv taps")
   log(f"{result['params']:,} params, {result['gflops_per_forward']:.3f} GFLOP/forward "
-      f"(XLA {result['gflops_per_forward_xla']:.3f}); matmul {args.matmul_size}^2 {args.dtype} ...")
+      f"(XLA {result['gflops_per_forward_xla']:.3f}); matmuls {args.matmul_size}^2 float32 and "
+      f"{args.dtype} ...")
   # Two probes. float32: the issue's `matmul_gflops` (and the reference's 0.7 is of a float32
   # matmul). The compute dtype, a 2-byte one accumulating in float32 as the model's dots do
   # (models/layers.py): the peak a bf16 run could reach, `fraction_of_compute_dtype_matmul_peak`.
@@ -351,7 +357,7 @@ def run(args) -> dict:
   result["compute_dtype_matmul_accumulate_dtype"] = (probes["compute"].accumulate
                                                      or compute).name
   for _ in range(args.matmul_reps):
-    for probe in {id(p): p for p in probes.values()}.values():
+    for probe in distinct_probes(probes):
       probe.rep()
   point = measure(bench, probes, args.batch, args.steps, args.reps)
   result.update(point)
