@@ -155,7 +155,8 @@ def upsample_nearest(x: jax.Array) -> jax.Array:
 
 def _collapse_taps(kernel: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
   """A 3-tap kernel axis seen from a 2x nearest-upsampled input, per output parity: even
-  outputs read input (i-1, i, i), so taps (k0, k1 + k2); odd ones read (i, i, i+1): (k0 + k1, k2)."""
+  outputs read input (i-1, i, i), so taps (k0, k1 + k2); odd ones read (i, i, i+1), so
+  (k0 + k1, k2)."""
   k0, k1, k2 = jnp.split(kernel, 3, axis=axis)
   return jnp.concatenate([k0, k1 + k2], axis), jnp.concatenate([k0 + k1, k2], axis)
 
