@@ -81,4 +81,6 @@ def get_config(variant: str | None = None):
   s.spacing = "uniform"             # uniform | quadratic timestep spacing
   s.cfg_scale = 3.0                 # classifier-free guidance w (DiffuPT: 3); 0 = conditional
   s.clip_x0 = 1.0                   # clip predicted x0 to [-c, c] each step; 0 = off
+  s.dtype = ""                      # denoiser compute dtype: "" = as trained | float32 | bfloat16
+  #                                   (bfloat16: ~1.9x the images/s of float32 on AVX512-BF16 CPUs)
   return config

@@ -13,6 +13,7 @@ from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError
 from jaxsynth.synthesis import sweep
 from jaxsynth.tasks.diffusion import train_diffusion
+from jaxsynth.tasks import sample as sample_task
 from jaxsynth.tasks.sample import sample
 from jaxsynth.training.loop import Preempted, StopRequest
 from tests.helpers import tiny_diffusion_config
@@ -107,6 +108,32 @@ def test_sample_i_does_not_depend_on_the_batch_size(trained, full_sweep, tmp_pat
     b = np.load(os.path.join(workdir, "samples", name))["images"].astype(int)
     # Equal up to float rounding of differently-sized batches, seen after uint8 quantisation.
     assert np.abs(a - b).max() <= 1 and np.mean(a == b) > 0.99
+
+
+def test_sweep_can_sample_in_bfloat16_from_a_float32_run(trained, full_sweep, tmp_path,
+                                                         monkeypatch):
+  full_dir, _ = full_sweep   # the trained run's float32
+  assert synthetic_format.read_manifest(os.path.join(full_dir, "samples"))["compute_dtype"] == (
+      "float32")
+  built = []
+  make = sample_task.make_denoiser
+  monkeypatch.setattr(sample_task, "make_denoiser",
+                      lambda cfg, n: built.append(cfg.dtype) or make(cfg, n))
+  workdir = str(tmp_path / "bf16")
+  sample(sweep_config(trained, dtype="bfloat16"), workdir)
+  assert built == ["bfloat16"]
+  assert synthetic_format.read_manifest(os.path.join(workdir, "samples"))["compute_dtype"] == (
+      "bfloat16")
+  assert shard_files(workdir) == shard_files(full_dir)
+  # Sample i starts from the same noise with the same label; bf16 compute may move pixels a
+  # little (this 2-step model's samples saturate, so here they stay equal).
+  ours = np.concatenate([np.load(os.path.join(workdir, "samples", f))["images"]
+                         for f in shard_files(workdir)]).astype(int)
+  theirs = np.concatenate([np.load(os.path.join(full_dir, "samples", f))["images"]
+                           for f in shard_files(full_dir)]).astype(int)
+  assert np.abs(ours - theirs).mean() < 4
+  with pytest.raises(ConfigError, match="sample.dtype"):
+    sample(sweep_config(trained, dtype="float16"), str(tmp_path / "bad"))
 
 
 def test_budgets_give_the_asked_counts():

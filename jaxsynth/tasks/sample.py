@@ -22,7 +22,7 @@ from jaxsynth.data.sources import open_source
 from jaxsynth.diffusion.samplers import SAMPLERS, SPACINGS, make_sampler
 from jaxsynth.diffusion.schedules import make_schedule
 from jaxsynth.errors import CheckpointError, ConfigError
-from jaxsynth.models.denoisers import make_denoiser
+from jaxsynth.models.denoisers import DTYPES, make_denoiser
 from jaxsynth.synthesis import sweep
 from jaxsynth.tasks import diffusion
 from jaxsynth.training import parallel, train_state, workdir as workdir_lib
@@ -51,6 +51,8 @@ def check_config(config, workdir: str) -> None:
   for key in ("shard_size", "batch_size", "num_steps"):
     if s[key] < 1:
       raise _bad(key, s[key], "use a positive integer")
+  if s.dtype not in ("",) + DTYPES:
+    raise _bad("dtype", s.dtype, f"use '' (the trained run's) or one of {', '.join(DTYPES)}")
   if s.cfg_scale < 0 or s.eta < 0 or s.clip_x0 < 0:
     raise _bad("cfg_scale", (s.cfg_scale, s.eta, s.clip_x0),
                "cfg_scale, eta and clip_x0 must be >= 0 (0 = off)")
@@ -108,7 +110,10 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   previous = None
   if os.path.exists(os.path.join(directory, synthetic_format.MANIFEST)):
     previous = synthetic_format.read_manifest(directory)
-  model = make_denoiser(run.model, num_classes)
+  # The compute dtype may differ from training's: parameters are float32 either way.
+  model_cfg = ml_collections.ConfigDict(run.model.to_dict())
+  model_cfg.dtype = config.sample.dtype or model_cfg.dtype
+  model = make_denoiser(model_cfg, num_classes)
   params, step = load_ema_params(config.sample.run_dir, run, model, image_shape, mesh,
                                  config.sample.checkpoint,
                                  previous["checkpoint"]["step"] if previous else None)
@@ -124,6 +129,7 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
       "total": int(counts.sum()), "shard_size": plan.shard_size, "seed": int(config.seed),
       "run_dir": os.path.abspath(config.sample.run_dir),
       "checkpoint": {"which": config.sample.checkpoint, "step": step},
+      "compute_dtype": model_cfg.dtype,
       "sampler": options,
       "schedule": {"name": d.schedule, "num_timesteps": int(d.num_timesteps)},
       "label_order": "interleaved", "config": json.loads(config_lib.to_json(config)),
