@@ -154,12 +154,10 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
   for key in ("channel_mean", "channel_std"):
     _require(len(data[key]) in (0, 1, 3), f"data.{key}", data[key],
              "give one value per channel (1 or 3), or () to use the scalar")
+    _require(not (data.channels and len(data[key]) not in (0, 1, data.channels)),
+             f"data.{key}", data[key], f"give {data.channels} values (data.channels)")
   _require(all(float(s) > 0 for s in data.channel_std), "data.channel_std", data.channel_std,
            "use positive numbers")
-  _require(not (data.channels and len(data.channel_mean) not in (0, 1, data.channels)),
-           "data.channel_mean", data.channel_mean, f"give {data.channels} values (data.channels)")
-  _require(not (data.channels and len(data.channel_std) not in (0, 1, data.channels)),
-           "data.channel_std", data.channel_std, f"give {data.channels} values (data.channels)")
   _require(0 <= data.augment.color_jitter < 1, "data.augment.color_jitter",
            data.augment.color_jitter, "use a strength in [0, 1)")
   _require(train.batch_size > 0, "train.batch_size", train.batch_size, "use a positive integer")

@@ -112,9 +112,7 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
                for i in range(kh) for j in range(kw)]
     return stack_channels(columns)
 
-  if accumulate is not None:      # the low-precision path: copy the patches as raw bits
-    return _dot(_move_as_bits(patches, x), kernel.reshape(kh * kw * cin, cout), accumulate)
-  return patches(x) @ kernel.reshape(kh * kw * cin, cout)
+  return _dot(_move_as_bits(patches, x), kernel.reshape(kh * kw * cin, cout), accumulate)
 
 
 def row_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]],
@@ -286,6 +284,12 @@ class GroupNorm(nn.Module):
     bcast = (b,) + (1,) * (x.ndim - 2) + (c,)
     y = x.astype(jnp.float32) * a.reshape(bcast) + shift.reshape(bcast)
     return y.astype(self.dtype)
+
+
+def pre_conv_dtype(dtype):
+  """The dtype a norm feeding a `Conv` should output: float32 where `Conv` accumulates in
+  float32 (so SiLU runs in float32 and the conv casts once), else `dtype`."""
+  return jnp.float32 if accumulates_in_float32(dtype) else dtype
 
 
 def group_norm(dtype):

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxsynth.models.embeddings import LabelEmbedder, TimestepEmbedder, dot_product_attention
-from jaxsynth.models.layers import (Conv, accumulates_in_float32, concatenate_channels, dense,
-                                     group_norm)
+from jaxsynth.models.layers import (Conv, concatenate_channels, dense, group_norm,
+                                     pre_conv_dtype)
 
 
 def _zero_or(init, zero: bool):
@@ -46,10 +46,8 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
-    # On the CPU bf16 path the norm hands float32 to SiLU and the conv casts once (one pass).
-    norm_dtype = jnp.float32 if accumulates_in_float32(self.dtype) else self.dtype
     norm = functools.partial(group_norm(self.dtype), num_groups=self.norm_groups, epsilon=1e-5,
-                             dtype=norm_dtype)
+                             dtype=pre_conv_dtype(self.dtype))
     conv = functools.partial(Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype,
                              impl=self.conv_impl)
     h = conv(self.features, name="conv1")(nn.silu(norm(name="norm1")(x)))
@@ -162,9 +160,8 @@ class UNet(nn.Module):
         h = conv(ch, upsample=True, name=f"up_{level}_upsample")(h)
     assert not skips
 
-    norm_dtype = jnp.float32 if accumulates_in_float32(self.dtype) else self.dtype  # as ResBlock
     h = nn.silu(group_norm(self.dtype)(num_groups=self.norm_groups, epsilon=1e-5,
-                                       dtype=norm_dtype, name="norm_out")(h))
+                                       dtype=pre_conv_dtype(self.dtype), name="norm_out")(h))
     h = conv(out_channels, kernel_init=_zero_or(nn.initializers.lecun_normal(), self.zero_init),
              name="conv_out")(h)
     return h.astype(jnp.float32)

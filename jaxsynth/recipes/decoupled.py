@@ -145,8 +145,8 @@ def external_stage1(config, workdir: str) -> str | None:
   if recipe in RECIPES and os.path.isdir(os.path.join(directory, STAGE1)):
     raise ConfigError(f"{key}: {directory} is a decoupled run's workdir; give its stage-1 "
                       f"directory {os.path.join(directory, STAGE1)}")
-  # Compared as config.json stores them, with the resume check's helper.
-  changes = workdir_lib._diff(_stage1_keys(trained),
+  # Compared as config.json stores them, as the resume check does.
+  changes = workdir_lib.config_diff(_stage1_keys(trained),
                               _stage1_keys(json.loads(config_lib.to_json(config))))
   if changes:
     shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")

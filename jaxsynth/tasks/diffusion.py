@@ -205,10 +205,10 @@ def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
                         num_classes=setup.num_classes, prediction=d.prediction))
   # One fixed root key: every grid shows the same noise, so grids over training compare.
   root = jax.random.fold_in(jax.random.PRNGKey(config.seed), GRID_STREAM)
+  mean, std = augment.normalisation(config.data)
 
   def write(step: int, state) -> None:
     images = parallel.to_host(sampler(state.ema_params, labels, indices, root))[:n]
-    mean, std = augment.normalisation(config.data)
     grid = image_grid(images, columns=per_class, mean=mean, std=std)
     if jax.process_index() == 0:
       path = os.path.join(workdir, GRIDS_DIR, f"step-{step:06d}.png")

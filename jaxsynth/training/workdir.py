@@ -48,13 +48,14 @@ def write_npz(path: str, **arrays) -> None:
   atomic_write_bytes(path, buffer.getvalue())
 
 
-def _diff(old, new, prefix=""):
+def config_diff(old, new, prefix="") -> list[str]:
+  """Lines "key: old -> new" for each key that differs between two resolved configs (dicts)."""
   keys = sorted(set(old) | set(new))
   out = []
   for k in keys:
     a, b = old.get(k, "<missing>"), new.get(k, "<missing>")
     if isinstance(a, dict) and isinstance(b, dict):
-      out += _diff(a, b, f"{prefix}{k}.")
+      out += config_diff(a, b, f"{prefix}{k}.")
     elif a != b:
       out.append(f"{prefix}{k}: {a!r} -> {b!r}")
   return out
@@ -87,7 +88,7 @@ def prepare(workdir: str, config, overwrite: bool) -> bool:
   if os.path.exists(config_path):
     with open(config_path, encoding="utf-8") as f:
       previous = json.load(f)
-    changes = _diff(previous, resolved)
+    changes = config_diff(previous, resolved)
     if changes:
       raise CheckpointError(
           f"{workdir} holds an unfinished run with another config ({'; '.join(changes[:5])}); "
