@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Iterable
 
 import ml_collections
 
-from jaxsynth.errors import ConfigError
+from jaxsynth.errors import CheckpointError, ConfigError
 
 DATA_SOURCES = ("npz", "folder", "tfds", "digits", "synthetic")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 THRESHOLDS = ("argmax", "youden", "max_harmonic_mean")
+SPLITS = ("train", "val", "test")
+CONFIG_FILE = "config.json"     # a run's resolved config in its workdir
 
 
 def base_config(task: str) -> ml_collections.ConfigDict:
@@ -126,6 +129,14 @@ def _require(condition: bool, key: str, value: Any, fix: str) -> None:
     raise ConfigError(f"config key '{key}' has bad value {value!r}: {fix}")
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _one_of(key: str, value: Any, choices: Iterable[str]) -> None:
   choices = tuple(choices)
   _require(value in choices, key, value, f"use one of {', '.join(choices)}")
@@ -146,11 +157,20 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
   _require(data.channels in (0, 1, 3), "data.channels", data.channels, "use 0, 1 or 3")
   _require(data.imbalance_ratio == 0 or data.imbalance_ratio >= 1, "data.imbalance_ratio",
            data.imbalance_ratio, "use 0 (as is) or a ratio >= 1")
+  _require(data.num_classes >= 0, "data.num_classes", data.num_classes,
+           "use 0 (from the data) or the number of classes")
+  _require(all(_is_int(c) for c in data.class_counts), "data.class_counts", data.class_counts,
+           "give whole numbers, one per class, e.g. --config.data.class_counts='(500, 50)'")
   _require(all(int(c) >= 1 for c in data.class_counts), "data.class_counts", data.class_counts,
            "every class needs at least 1 sample")
   for key in ("val_fraction", "test_fraction"):
     _require(0 <= data[key] < 1, f"data.{key}", data[key], "use a fraction in [0, 1)")
-  _require(data.std > 0, "data.std", data.std, "use a positive number")
+  _require(_is_number(data.mean), "data.mean", data.mean, "use a finite number, e.g. 0.5")
+  _require(_is_number(data.std) and data.std > 0, "data.std", data.std,
+           "use a positive number, e.g. 0.5")
+  for key in ("channel_mean", "channel_std"):
+    _require(all(_is_number(v) for v in data[key]), f"data.{key}", data[key],
+             "use finite numbers, e.g. (0.485, 0.456, 0.406)")
   for key in ("channel_mean", "channel_std"):
     _require(len(data[key]) in (0, 1, 3), f"data.{key}", data[key],
              "give one value per channel (1 or 3), or () to use the scalar")
@@ -173,6 +193,10 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
   _one_of("train.select_mode", train.select_mode, ("max", "min"))
   _one_of("model.dtype", config.model.dtype, ("float32", "bfloat16"))
   _one_of("evaluate.threshold", config.evaluate.threshold, THRESHOLDS)
+  _one_of("evaluate.checkpoint", config.evaluate.checkpoint, ("best", "latest"))
+  splits = tuple(config.evaluate.splits)
+  _require(bool(splits) and all(s in SPLITS for s in splits), "evaluate.splits", splits,
+           f"use a tuple of splits among {', '.join(SPLITS)}")
   _require(config.evaluate.bootstrap >= 0, "evaluate.bootstrap", config.evaluate.bootstrap,
            "use 0 (off) or a number of resamples, e.g. 1000")
   _require(config.mesh.data == -1 or config.mesh.data > 0, "mesh.data", config.mesh.data,
@@ -182,3 +206,47 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
 def to_json(config: ml_collections.ConfigDict) -> str:
   """Serialises the resolved config as stable, sorted JSON."""
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+# ------------------------------------------------------------- trained runs read as inputs
+
+
+def read_run_config(run_dir: str, task: str, key: str) -> dict:
+  """The resolved config.json of the `task` run in `run_dir`, which config key `key` names.
+
+  Raises CheckpointError naming the directory or file when it is missing, unreadable, not a
+  JSON object, or the config of another task.
+  """
+  fix = f"set {key} to the --workdir of a {task} run"
+  path = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.isdir(run_dir):
+    what = "is not a directory" if os.path.lexists(run_dir) else "does not exist"
+    raise CheckpointError(f"config key '{key}' has bad value {run_dir!r}: the directory {what}; "
+                          f"{fix}")
+  try:
+    with open(path, encoding="utf-8") as f:
+      trained = json.load(f)
+  except FileNotFoundError:
+    raise CheckpointError(f"{path} not found: {run_dir} is no run directory; {fix}") from None
+  except OSError as e:
+    raise CheckpointError(f"{path} cannot be read ({e.strerror}): fix its permissions, or "
+                          f"{fix}") from None
+  except ValueError as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e}): the run's config is damaged; "
+                          f"restore it, or {fix}") from None
+  if not isinstance(trained, dict) or not all(isinstance(trained.get(k), dict)
+                                             for k in ("model", "data")):
+    raise CheckpointError(f"{path} is not a resolved jaxsynth config (no 'model' and 'data' "
+                          f"keys): {fix}")
+  if trained.get("task") != task:
+    raise CheckpointError(f"{path} is a {trained.get('task')!r} run, not a {task} run: {fix}")
+  return trained
+
+
+def checkpoint_steps(run_dir: str, which: str) -> list[int]:
+  """The steps saved under run_dir/checkpoints/<which> (latest | best), oldest first."""
+  root = os.path.join(run_dir, "checkpoints", which)
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(d) for d in os.listdir(root)
+                if d.isdigit() and os.path.isdir(os.path.join(root, d)))

@@ -19,3 +19,11 @@ class CheckpointError(JaxsynthError):
 
 class TrainingError(JaxsynthError):
   """Training cannot go on (for example the loss became NaN or Inf)."""
+
+
+class StorageError(JaxsynthError):
+  """A write failed for lack of space (or a file-size limit); what was saved before is intact."""
+
+
+class BusyError(JaxsynthError):
+  """Another live process holds the run directory."""

@@ -57,10 +57,13 @@ def test_interrupted_run_resumes_bit_identically(uninterrupted, tmp_path):
 
 
 def test_finished_run_is_not_overwritten_without_flag(uninterrupted):
-  workdir, _ = uninterrupted
+  workdir, results = uninterrupted
   before = open(os.path.join(workdir, "metrics.json")).read()
+  # The same command again is a no-op returning the results; another config is refused.
+  again = classifier.train_and_evaluate(tiny_config(steps=8, train__checkpoint_every=2), workdir)
+  assert again == json.loads(json.dumps(results))
   with pytest.raises(CheckpointError, match="--overwrite"):
-    classifier.train_and_evaluate(tiny_config(steps=8, train__checkpoint_every=2), workdir)
+    classifier.train_and_evaluate(tiny_config(steps=9, train__checkpoint_every=2), workdir)
   assert open(os.path.join(workdir, "metrics.json")).read() == before
 
 

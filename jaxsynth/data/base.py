@@ -19,6 +19,8 @@ class ImageSource(abc.ABC):
 
   #: Human-readable origin (file or directory) used in error messages.
   name: str = ""
+  #: True for a val/test split that `open_source` held out of train (the data set lacks it).
+  held_out: bool = False
 
   def __init__(self, labels: np.ndarray, num_classes: int, image_shape: tuple[int, int, int],
                groups: np.ndarray | None = None, class_names: tuple[str, ...] = ()):

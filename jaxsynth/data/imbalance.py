@@ -14,6 +14,8 @@ from absl import logging
 
 from jaxsynth.errors import DataError
 
+_WARNED: set = set()  # (ratio, counts) whose long-tail shortfall was logged
+
 
 def imbalance_ratio(counts) -> float:
   """Largest class count over smallest (inf when a class is empty)."""
@@ -43,7 +45,9 @@ def long_tail_counts(counts_per_class, imbalance_ratio: float) -> np.ndarray:
   targets = np.maximum(targets, 1)
   capped = np.minimum(targets, counts)
   short = np.flatnonzero(capped < targets)
-  if short.size:
+  key = (float(imbalance_ratio), tuple(counts.tolist()))
+  if short.size and key not in _WARNED:  # once per process: a run opens its train split often
+    _WARNED.add(key)
     logging.warning(
         "long tail with ratio %g: classes %s have fewer samples than the profile asks "
         "(%s < %s) and keep all they have; the resulting max/min ratio is %.3g",

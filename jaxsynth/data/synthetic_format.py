@@ -7,24 +7,28 @@ may add its settings, progress or provenance):
 
   num_classes   int > 0; every label lies in [0, num_classes)
   image_shape   [H, W, C]; the shape of every image
-  shards        [{"file": "shard-00000.npz", "count": N}, ...]: the finished shards in sample
-                order; `file` is relative to the directory, `count` its number of samples
+  shards        [{"file": "shard-00000.npz", "count": N, "sha256": HEX}, ...]: the finished
+                shards in sample order; `file` is relative to the directory, `count` its number
+                of samples, `sha256` (optional) the digest of the file's bytes
   class_names   optional list of num_classes strings
 
 Each shard is an uncompressed, pickle-free .npz with `images` uint8 (N, H, W, C), `labels`
 int64 (N,) and `index` int64 (N,), the global sample index. A shard is written once to a
-temporary name and renamed into place; a finished shard never changes.
+temporary name and renamed into place; a finished shard never changes. Readers check a listed
+shard's bytes against its `sha256`, so a truncated or damaged shard is never read as data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
+from jaxsynth import files
 from jaxsynth.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -51,24 +55,9 @@ def samples_dir(path: str) -> str:
                   f"finished sampling run or to its {SAMPLES_DIR}/ folder")
 
 
-def _atomic_write(path: str, write) -> None:
-  directory = os.path.dirname(path) or "."
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_shard(directory: str, shard_id: int, images, labels, index,
                 overwrite: bool = False) -> dict:
-  """Writes one shard atomically; returns its manifest entry `{"file", "count"}`."""
+  """Writes one shard atomically; returns its manifest entry `{"file", "count", "sha256"}`."""
   images = np.asarray(images)
   labels = np.asarray(labels)
   index = np.asarray(index)
@@ -87,17 +76,20 @@ def write_shard(directory: str, shard_id: int, images, labels, index,
     raise DataError(f"shard {path} already exists and a finished shard never changes: "
                     "skip it, or pass overwrite=True")
   arrays = {"images": images, "labels": labels.astype(np.int64), "index": index.astype(np.int64)}
-  _atomic_write(path, lambda f: _write_npz(f, arrays))
-  return {"file": name, "count": int(n)}
+  data = npz_bytes(arrays)
+  files.atomic_write(path, data, fault="shard.before_rename")
+  return {"file": name, "count": int(n), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _write_npz(f, arrays: dict) -> None:
+def npz_bytes(arrays: dict) -> bytes:
   """np.savez's format (stored, zip64), but with a fixed timestamp: equal arrays, equal bytes."""
-  with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
     for key, array in arrays.items():
       info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
       with archive.open(info, "w", force_zip64=True) as member:
         np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+  return buffer.getvalue()
 
 
 def validate_manifest(manifest: dict, where: str) -> dict:
@@ -118,9 +110,10 @@ def validate_manifest(manifest: dict, where: str) -> dict:
     raise DataError(f"{where} key 'shards' must be a list of {{'file', 'count'}} objects")
   for k, entry in enumerate(shards):
     if (not isinstance(entry, dict) or not isinstance(entry.get("file"), str)
-        or not isinstance(entry.get("count"), int) or entry["count"] < 0):
+        or not isinstance(entry.get("count"), int) or entry["count"] < 0
+        or not isinstance(entry.get("sha256", ""), str)):
       raise DataError(f"{where} key 'shards' entry {k} is {entry!r}: use "
-                      '{"file": "shard-00000.npz", "count": N}')
+                      '{"file": "shard-00000.npz", "count": N, "sha256": HEX (optional)}')
   names = manifest.get("class_names")
   if names is not None and (not isinstance(names, (list, tuple)) or len(names) != num_classes):
     raise DataError(f"{where} key 'class_names' must list {num_classes} names, got {names!r}")
@@ -133,7 +126,7 @@ def write_manifest(directory: str, manifest: dict) -> str:
   validate_manifest(manifest, path)
   os.makedirs(directory, exist_ok=True)
   text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
-  _atomic_write(path, lambda f: f.write(text))
+  files.atomic_write(path, text, fault="manifest.before_rename")
   return path
 
 
@@ -153,20 +146,36 @@ def read_manifest(directory: str) -> dict:
 def _load(directory: str, entry: dict, keys: tuple[str, ...]) -> tuple[np.ndarray, ...]:
   path = os.path.join(directory, entry["file"])
   try:
-    with np.load(path, allow_pickle=False) as shard:
+    with open(path, "rb") as f:
+      data = f.read()
+  except FileNotFoundError:
+    raise DataError(f"shard {path} listed in {MANIFEST} does not exist: re-run the sampling "
+                    "stage (it resumes) or remove the entry") from None
+  except OSError as e:
+    raise DataError(f"shard {path} cannot be read ({e.strerror}): check its permissions, or "
+                    "delete it and re-run the sampling stage") from None
+  if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    raise DataError(f"shard {path} is damaged: its bytes do not match the sha256 in "
+                    f"{MANIFEST} ({len(data):,} bytes); rerun the sampling command, which "
+                    "draws damaged shards again")
+  try:
+    # Each member's CRC-32 guards the shard even where no manifest lists its sha256.
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+      corrupt = archive.testzip()
+    if corrupt is not None:
+      raise DataError(f"shard {path} is damaged: its member {corrupt} fails its CRC-32; rerun "
+                      "the sampling command, which draws damaged shards again")
+    with np.load(io.BytesIO(data), allow_pickle=False) as shard:
       missing = [k for k in keys if k not in shard.files]
       if missing:
         raise DataError(f"shard {path} has no key(s) {missing}; keys present: "
                         f"{sorted(shard.files)}. Re-run the sampling stage for this shard")
       arrays = tuple(shard[k] for k in keys)
-  except FileNotFoundError:
-    raise DataError(f"shard {path} listed in {MANIFEST} does not exist: re-run the sampling "
-                    "stage (it resumes) or remove the entry") from None
   except DataError:
     raise
   except Exception as e:  # zipfile, pickle and format errors all mean a damaged shard
-    raise DataError(f"shard {path} cannot be read ({e}): delete it and re-run the sampling "
-                    "stage") from None
+    raise DataError(f"shard {path} is damaged and cannot be read ({e}); rerun the sampling "
+                    "command, which draws damaged shards again") from None
   for key, array in zip(keys, arrays):
     if array.shape[:1] != (entry["count"],):
       raise DataError(f"shard {path} key '{key}' has {array.shape[:1]} rows but {MANIFEST} "
@@ -174,22 +183,37 @@ def _load(directory: str, entry: dict, keys: tuple[str, ...]) -> tuple[np.ndarra
   return arrays
 
 
+def read_shard(directory: str, entry: dict, image_shape) -> tuple[np.ndarray, ...]:
+  """A whole shard, every array read and checked: (images, labels, index)."""
+  images, labels, index = _load(directory, entry, ("images", "labels", "index"))
+  _check_images(images, directory, entry, image_shape)
+  _check_integers(directory, entry, labels=labels, index=index)
+  return images, labels.astype(np.int64), index.astype(np.int64)
+
+
 def read_shard_labels(directory: str, entry: dict) -> tuple[np.ndarray, np.ndarray]:
   """The `labels` and `index` of one shard (its images are not read)."""
   labels, index = _load(directory, entry, ("labels", "index"))
-  path = os.path.join(directory, entry["file"])
-  for key, array in (("labels", labels), ("index", index)):
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-      raise DataError(f"shard {path} key '{key}' must be integers (N,), "
-                      f"got {array.dtype} {array.shape}")
+  _check_integers(directory, entry, labels=labels, index=index)
   return labels.astype(np.int64), index.astype(np.int64)
 
 
 def read_shard_images(directory: str, entry: dict, image_shape) -> np.ndarray:
   """The uint8 (N, H, W, C) `images` of one shard, checked against `image_shape`."""
   (images,) = _load(directory, entry, ("images",))
+  _check_images(images, directory, entry, image_shape)
+  return images
+
+
+def _check_integers(directory: str, entry: dict, **arrays) -> None:
+  for key, array in arrays.items():
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+      raise DataError(f"shard {os.path.join(directory, entry['file'])} key '{key}' must be "
+                      f"integers (N,), got {array.dtype} {array.shape}")
+
+
+def _check_images(images: np.ndarray, directory: str, entry: dict, image_shape) -> None:
   if images.dtype != np.uint8 or images.shape[1:] != tuple(image_shape):
     raise DataError(f"shard {os.path.join(directory, entry['file'])} key 'images' is "
                     f"{images.dtype} {images.shape}, but the manifest says uint8 "
                     f"(N, {', '.join(map(str, image_shape))}): re-run the sampling stage")
-  return images

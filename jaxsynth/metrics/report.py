@@ -19,9 +19,9 @@ import os
 
 import numpy as np
 
+from jaxsynth import files
 from jaxsynth.errors import ConfigError
 from jaxsynth.metrics import classification
-from jaxsynth.training import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,5 @@ def render_png(results: dict, class_names=()) -> bytes:
 
 def write_report(out_dir: str, results: dict, class_names=()) -> None:
   """Atomically writes metrics.md and evaluation.png next to metrics.json in `out_dir`."""
-  workdir_lib.atomic_write_bytes(os.path.join(out_dir, MARKDOWN_FILE),
-                                 markdown(results, class_names).encode())
-  workdir_lib.atomic_write_bytes(os.path.join(out_dir, PNG_FILE),
-                                 render_png(results, class_names))
+  files.atomic_write(os.path.join(out_dir, MARKDOWN_FILE), markdown(results, class_names).encode())
+  files.atomic_write(os.path.join(out_dir, PNG_FILE), render_png(results, class_names))

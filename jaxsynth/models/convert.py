@@ -142,18 +142,27 @@ def _load_torch(path: str) -> dict:
           for k, v in state.items() if hasattr(v, "numpy")}
 
 
-def load_timm_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a timm state dict (.safetensors, or .pth/.pt/.bin/.ckpt with torch) as numpy arrays."""
+def check_pretrained_file(path: str) -> None:
+  """Raises CheckpointError unless `path` is a readable weights file with a known suffix."""
   if not os.path.isfile(path):
-    raise CheckpointError(f"pretrained weights {path!r} do not exist; set model.pretrained to a "
+    what = "are not a file" if os.path.lexists(path) else "do not exist"
+    raise CheckpointError(f"pretrained weights {path!r} {what}; set model.pretrained to a "
                           ".safetensors or .pth file")
-  if path.endswith(".safetensors"):
-    state = load_safetensors(path)
-  elif path.endswith(TORCH_SUFFIXES):
-    state = _load_torch(path)
-  else:
+  if not path.endswith((".safetensors",) + TORCH_SUFFIXES):
     raise CheckpointError(f"pretrained weights {path!r} have an unknown suffix; use .safetensors "
                           f"or one of {', '.join(TORCH_SUFFIXES)}")
+  if not os.access(path, os.R_OK):
+    raise CheckpointError(f"pretrained weights {path!r} cannot be read (permission denied): fix "
+                          "their permissions (e.g. chmod a+r)")
+
+
+def load_timm_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads a timm state dict (.safetensors, or .pth/.pt/.bin/.ckpt with torch) as numpy arrays."""
+  check_pretrained_file(path)
+  if path.endswith(".safetensors"):
+    state = load_safetensors(path)
+  else:
+    state = _load_torch(path)
   # DataParallel / DDP checkpoints prefix every key with "module.".
   if state and all(k.startswith("module.") for k in state):
     state = {k[len("module."):]: v for k, v in state.items()}

@@ -137,6 +137,24 @@ def make_denoiser(model_cfg, num_classes: int):
   return DENOISERS[model_cfg.name](model_cfg, num_classes)
 
 
+def check_image_shape(model_cfg, image_shape) -> None:
+  """Raises ConfigError unless the denoiser named by `model_cfg` takes (H, W, C) images."""
+  height, width = (int(d) for d in image_shape[:2])
+  if model_cfg.name == "unet":
+    channels = tuple(int(c) for c in model_cfg.unet.channels)
+    factor = 2 ** (len(channels) - 1)
+    if height % factor or width % factor:
+      raise ConfigError(f"the UNet halves the image size {len(channels) - 1} time(s) "
+                        f"(model.unet.channels={channels}), so {height}x{width} images do not "
+                        f"fit: set data.image_size to a multiple of {factor}, or use fewer levels")
+  elif model_cfg.name == "dit":
+    patch = int(model_cfg.dit.patch_size) or dit.dit_config(model_cfg.dit.variant)["patch_size"]
+    if height % patch or width % patch:
+      raise ConfigError(f"the DiT patch size {patch} (model.dit) does not divide {height}x{width} "
+                        f"images: set data.image_size to a multiple of {patch}, or "
+                        "model.dit.patch_size")
+
+
 def example_inputs(image_shape, batch: int = 1):
   """Abstract (x_t, t, labels) of a batch, for eval_shape / lowering without data."""
   return (jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32),

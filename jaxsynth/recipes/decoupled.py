@@ -239,7 +239,7 @@ def initial_stage2(config2, setup2, base_params, base_model_state, schedule):
 def _stage1_model_params(config, setup: classifier.Setup, directory: str):
   """(params, model_state, step, state) of stage 1's `evaluate.checkpoint` (params: EMA if on)."""
   plan = classifier.plan_training(config, setup)
-  checkpointer = Checkpointer(directory, config.train.keep_checkpoints)
+  checkpointer = Checkpointer(directory, config.train.keep_checkpoints, read_only=True)
   try:
     which = config.evaluate.checkpoint
     state, meta = checkpointer.restore(plan.state, which)
@@ -394,7 +394,8 @@ def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                       f"models: pass --config.recipe.name={trained_recipe}")
   setup = classifier.build_setup(config)
   plan = classifier.plan_training(config, setup)  # a template of the saved shapes
-  checkpointer = Checkpointer(os.path.join(run_dir, STAGE2), config.train.keep_checkpoints)
+  checkpointer = Checkpointer(os.path.join(run_dir, STAGE2), config.train.keep_checkpoints,
+                              read_only=True)
   try:
     if config.recipe.name == "tau_norm":
       config2, setup2, template = config.copy_and_resolve_references(), setup, plan.state

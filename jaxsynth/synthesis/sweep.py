@@ -11,20 +11,30 @@ k mod P; a finished shard is never rewritten, so a resumed sweep has no gap and 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import os
-import time
 from typing import Callable
 
 import jax
 import numpy as np
 
+from jaxsynth import files
 from jaxsynth.data import synthetic_format
 from jaxsynth.errors import CheckpointError, ConfigError, DataError
 from jaxsynth.training import parallel
 from jaxsynth.training.loop import Preempted, StopRequest, handle_signals
 from jaxsynth.training.writers import Progress
 
+log = logging.getLogger(__name__)
+
 BUDGETS = ("counts", "balance", "ratio")
+QUARANTINE = "quarantine"   # damaged shards are moved here, out of the sweep
+PLAN_FILE = "plan.json"     # the sweep's plan, written once at its start (never rewritten)
+# The manifest keys that fix which samples a sweep draws, recorded in plan.json.
+PLAN_KEYS = ("num_classes", "image_shape", "counts", "total", "shard_size", "seed", "run_dir",
+             "checkpoint", "compute_dtype", "sampler", "schedule", "label_order")
 
 
 def largest_remainder(total: int, weights) -> np.ndarray:
@@ -128,22 +138,133 @@ def _allgather_max(values: np.ndarray) -> np.ndarray:
   return np.max(multihost_utils.process_allgather(values), axis=0)
 
 
-def finished_shards(directory: str, plan: Plan, owned: list[int]) -> np.ndarray:
-  """Flags (num_shards,) of the `owned` shards already on disk, checked against the plan."""
+def previous_plan(directory: str) -> dict | None:
+  """The plan (PLAN_KEYS) a sweep in `directory` started with: plan.json, else the manifest.
+
+  None for a new sweep; a DataError when shards exist but neither file is readable.
+  """
+  for name in (PLAN_FILE, synthetic_format.MANIFEST):
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+      continue
+    try:
+      with open(path, encoding="utf-8") as f:
+        recorded = json.load(f)
+      if isinstance(recorded, dict) and all(k in recorded for k in PLAN_KEYS):
+        return {k: recorded[k] for k in PLAN_KEYS}
+      log.warning("%s lacks the sweep plan's keys; trying the next record", path)
+    except (OSError, ValueError) as e:
+      log.warning("%s is damaged (%s); trying the next record", path, str(e)[:100])
+  if os.path.isdir(directory) and any(n.startswith("shard-") for n in os.listdir(directory)):
+    raise DataError(f"{directory} holds shards but neither {PLAN_FILE} nor "
+                    f"{synthetic_format.MANIFEST} is readable, so the plan they belong to is "
+                    "unknown: rerun with --overwrite, or choose another --workdir")
+  return None
+
+
+def check_same_plan(previous: dict | None, header: dict, directory: str) -> None:
+  """Raises DataError when the sweep in `directory` was started with another plan."""
+  if previous is None:
+    return
+  now = json.loads(json.dumps({k: header[k] for k in PLAN_KEYS}))
+  changed = [k for k in PLAN_KEYS if previous.get(k) != now[k]]
+  if changed:
+    raise DataError(f"the sweep in {directory} was started with another plan ("
+                    + "; ".join(f"{k}: {previous.get(k)!r} -> {now[k]!r}" for k in changed[:3])
+                    + "): rerun with --overwrite, or choose another --workdir")
+
+
+def _plan_file_missing(directory: str) -> bool:
+  """Whether plan.json is absent or unreadable (it is then written, once)."""
+  try:
+    with open(os.path.join(directory, PLAN_FILE), encoding="utf-8") as f:
+      return not isinstance(json.load(f), dict)
+  except (OSError, ValueError):
+    return True
+
+
+def damage(directory: str) -> str:
+  """'' when the manifest reads and every shard it lists matches its sha256, else the problem."""
+  try:
+    manifest = synthetic_format.read_manifest(directory)
+  except DataError as e:
+    return str(e)
+  for entry in manifest["shards"]:
+    path = os.path.join(directory, entry["file"])
+    if not os.path.exists(path):
+      return f"shard {path} is missing"
+    if entry.get("sha256") and files.sha256_file(path) != entry["sha256"]:
+      return f"shard {path} is damaged (its bytes do not match the manifest's sha256)"
+  return ""
+
+
+def listed_digests(directory: str) -> dict[str, str]:
+  """{file: sha256} of the shards the current manifest lists ({} without a readable one)."""
+  if not os.path.exists(os.path.join(directory, synthetic_format.MANIFEST)):
+    return {}
+  try:
+    manifest = synthetic_format.read_manifest(directory)
+  except DataError as e:
+    log.warning("%s; the sweep rebuilds it from the shards on disk", e)
+    return {}
+  return {s["file"]: s.get("sha256", "") for s in manifest["shards"]}
+
+
+def finished_shards(directory: str, plan: Plan, owned: list[int], image_shape,
+                    listed: dict[str, str] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+  """Flags (num_shards,) of the `owned` shards already on disk and good, and their sha256.
+
+  A shard whose bytes differ from the manifest's sha256, or that does not read whole (a shard
+  the manifest does not list yet is read in full), is moved to `quarantine/` with a warning and
+  drawn again. A readable shard of other samples than this plan's is a DataError.
+  """
+  listed = listed or {}
   done = np.zeros(plan.num_shards, np.int32)
+  digests = {}
   for k in owned:
     entry = plan.entry(k)
-    if not os.path.exists(os.path.join(directory, entry["file"])):
+    path = os.path.join(directory, entry["file"])
+    if not os.path.exists(path):
       continue
-    labels, index = synthetic_format.read_shard_labels(directory, entry)
+    with open(path, "rb") as f:
+      data = f.read()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+      if listed.get(entry["file"]) and listed[entry["file"]] != digest:
+        raise DataError(f"shard {path} is damaged: its bytes do not match the sha256 in "
+                        f"{synthetic_format.MANIFEST}")
+      images, labels, index = synthetic_format.read_shard(directory, entry, image_shape)
+      # The writer is deterministic, so a good shard is exactly the encoding of its arrays:
+      # this catches damage the CRCs do not cover (zip headers), manifest or not.
+      if data != synthetic_format.npz_bytes({"images": images, "labels": labels,
+                                              "index": index}):
+        raise DataError(f"shard {path} is damaged: its bytes are not the encoding of its "
+                        "arrays")
+    except DataError as e:
+      log.warning("%s; moved to %s, drawing it again", e, _quarantine(directory, path))
+      continue
     start, stop = plan.shard_range(k)
     if not (np.array_equal(index, np.arange(start, stop))
             and np.array_equal(labels, plan.labels[start:stop])):
-      raise DataError(f"shard {os.path.join(directory, entry['file'])} does not hold samples "
+      raise DataError(f"shard {path} does not hold samples "
                       f"{start}..{stop - 1} of this sweep's plan: the sweep settings changed; "
                       "rerun with --overwrite or choose another --workdir")
     done[k] = 1
-  return done
+    digests[k] = digest
+  return done, digests
+
+
+def _quarantine(directory: str, path: str) -> str:
+  """Moves a damaged shard to `directory/quarantine/` (kept for inspection); returns where."""
+  target_dir = os.path.join(directory, QUARANTINE)
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, os.path.basename(path))
+  k = 1
+  while os.path.exists(target):
+    k += 1
+    target = os.path.join(target_dir, f"{os.path.basename(path)}.{k}")
+  os.rename(path, target)
+  return target
 
 
 def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, directory: str, *,
@@ -162,7 +283,11 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
   parallel.check_batch_divisible(batch_size, mesh, "sample.batch_size")
   local_batch = batch_size // nproc
   owned = [k for k in range(plan.num_shards) if k % nproc == pid]
-  done = _allgather_max(finished_shards(directory, plan, owned))
+  if pid == 0:
+    files.remove_stale_temporaries(directory)
+  listed = listed_digests(directory)
+  done, digests = finished_shards(directory, plan, owned, manifest["image_shape"], listed)
+  done = _allgather_max(done)
   pending = [k for k in owned if not done[k]]
   # This process's queue of (shard, global index); every process runs the same number of
   # batches (the most any needs), padding its slice once its queue is empty.
@@ -174,12 +299,23 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
                       unit="image")
   buffers: dict[int, list] = {}
 
+  def entries() -> list[dict]:
+    out = []
+    for k in np.flatnonzero(done):
+      if k not in digests:  # another process's shard: its bytes are on the shared disk
+        digests[k] = files.sha256_file(os.path.join(directory, plan.entry(k)["file"]))
+      out.append({**plan.entry(k), "sha256": digests[k]})
+    return out
+
   def write_manifest(complete: bool) -> None:
     if pid == 0:
-      entries = [plan.entry(k) for k in np.flatnonzero(done)]
-      synthetic_format.write_manifest(directory, {**manifest, "shards": entries,
+      synthetic_format.write_manifest(directory, {**manifest, "shards": entries(),
                                                   "complete": complete})
 
+  if pid == 0 and _plan_file_missing(directory):
+    files.atomic_write(os.path.join(directory, PLAN_FILE),
+                       json.dumps({k: manifest[k] for k in PLAN_KEYS}, indent=2,
+                                  sort_keys=True).encode("utf-8"))
   write_manifest(bool(done.all()))
   with handle_signals(stop):
     for b in range(num_batches):
@@ -196,9 +332,10 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
         start, stop_index = plan.shard_range(k)
         if len(buffers[k]) == stop_index - start:
           rows = buffers.pop(k)
-          synthetic_format.write_shard(directory, k, np.stack([r[1] for r in rows]),
-                                       plan.labels[start:stop_index],
-                                       np.array([r[0] for r in rows], np.int64))
+          written = synthetic_format.write_shard(directory, k, np.stack([r[1] for r in rows]),
+                                                 plan.labels[start:stop_index],
+                                                 np.array([r[0] for r in rows], np.int64))
+          digests[k] = written["sha256"]
           finished[k] = 1
       finished = _allgather_max(finished)
       if finished.any():
@@ -213,5 +350,5 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
   if not done.all():
     raise CheckpointError(f"sweep in {directory} ended with shards missing "
                           f"{np.flatnonzero(done == 0).tolist()[:10]}: rerun to finish them")
-  return {**manifest, "shards": [plan.entry(k) for k in range(plan.num_shards)],
-          "complete": True, "images_per_s": progress.rate(total)}
+  return {**manifest, "shards": entries(), "complete": True,
+          "images_per_s": progress.rate(total)}

@@ -16,6 +16,7 @@ import optax
 from clu import parameter_overview
 
 from jaxsynth import config as config_lib
+from jaxsynth import faults
 from jaxsynth.data import augment, pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.pipeline import input_shape
@@ -51,6 +52,8 @@ class Setup:
 
 def build_setup(config) -> Setup:
   """Opens the train split and derives model, mesh and schedule lengths from the config."""
+  if config.model.pretrained:
+    convert.check_pretrained_file(config.model.pretrained)
   train = open_source(config.data, "train", seed=config.seed)
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_divisible(config.train.batch_size, mesh, "train.batch_size")
@@ -171,6 +174,9 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
                        stop: StopRequest | None = None) -> dict:
   """Trains the classifier (resuming if `workdir` holds an unfinished run), then evaluates."""
   from jaxsynth.recipes import decoupled  # decoupled builds on this module
+  done = workdir_lib.finished_results(workdir, config, overwrite)
+  if done is not None:
+    return done
   if config.recipe.name in decoupled.RECIPES:
     return decoupled.train_and_evaluate(config, workdir, overwrite, stop)
   workdir_lib.prepare(workdir, config, overwrite)
@@ -219,7 +225,7 @@ def run_stage(config, setup: Setup, plan: Plan, directory: str, out_dir: str | N
                           checkpoint_every=config.train.checkpoint_every or eval_every,
                           select_metric=config.train.select_metric,
                           select_mode=config.train.select_mode)
-  writer = MetricWriter(directory)
+  writer = MetricWriter(directory, resume_step=start)
 
   def preview(local_batch):
     mean, std = augment.normalisation(config.data)
@@ -261,8 +267,10 @@ def _evaluate_checkpoint(config, setup: Setup, checkpointer: Checkpointer, state
       if split in config.evaluate.splits:
         arrays[f"{split}_labels"], arrays[f"{split}_probs"] = labels, probs
     workdir_lib.write_npz(os.path.join(out_dir, "predictions.npz"), **arrays)
-    workdir_lib.write_json(os.path.join(out_dir, workdir_lib.METRICS_FILE), results)
     report.write_report(out_dir, results, setup.train.class_names)
+    faults.point("task.before_metrics")
+    # metrics.json marks the run finished, so it is written last.
+    workdir_lib.write_json(os.path.join(out_dir, workdir_lib.METRICS_FILE), results)
   summary = {split: {k: None if results[split][k] is None else round(results[split][k], 4)
                      for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
              for split in config.evaluate.splits}
@@ -312,16 +320,13 @@ def check_trained_run(config, workdir: str, overwrite: bool) -> tuple[str, dict]
   """(run_dir, trained config) of `evaluate.run_dir`, checked against `config` and `workdir`."""
   run_dir = config.evaluate.run_dir or workdir
   trained_config = os.path.join(run_dir, workdir_lib.CONFIG_FILE)
-  if not os.path.exists(trained_config):
-    raise CheckpointError(f"{trained_config} not found: evaluate.run_dir must be the --workdir "
-                          "of a train_classifier run")
-  with open(trained_config, encoding="utf-8") as f:
-    trained = json.load(f)
-  trained_model = trained["model"]
+  trained = config_lib.read_run_config(run_dir, "train_classifier", "evaluate.run_dir")
   model = json.loads(config_lib.to_json(config))["model"]  # as config.json stores it (lists)
-  if trained_model != model:
-    raise ConfigError(f"config 'model' {model} differs from the trained run's "
-                      f"{trained_model} in {trained_config}; pass the same model keys")
+  changes = workdir_lib.config_diff(trained["model"], model, "model.")
+  if changes:
+    shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+    raise ConfigError(f"config keys differ from the trained run's {trained_config} (its value -> "
+                      f"this config's: {shown}): pass the same model keys")
   trained_recipe = trained.get("recipe", {}).get("name", "ce")
   if (trained_recipe == "bce") != (config.recipe.name == "bce"):
     raise ConfigError(f"config 'recipe.name' {config.recipe.name!r} and the trained run's "
@@ -337,14 +342,37 @@ def check_trained_run(config, workdir: str, overwrite: bool) -> tuple[str, dict]
 def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   """Evaluates a trained run (`evaluate.run_dir`, default the workdir) into `workdir`."""
   from jaxsynth.recipes import decoupled  # decoupled builds on this module
+  done = workdir_lib.finished_results(workdir, config, overwrite)
+  if done is not None:
+    return done
   if config.recipe.name in decoupled.RECIPES:
     return decoupled.evaluate(config, workdir, overwrite)
   run_dir, _ = check_trained_run(config, workdir, overwrite)
+  which = config.evaluate.checkpoint
+  if not config_lib.checkpoint_steps(run_dir, which):
+    other = "latest" if which == "best" else "best"
+    raise CheckpointError(f"no '{which}' checkpoint in "
+                          f"{os.path.join(run_dir, 'checkpoints', which)}: train the run first, "
+                          f"or set evaluate.checkpoint={other}")
   setup = build_setup(config)
+  try:  # the class count a finished run reported (its metrics.json); None when unfinished
+    with open(os.path.join(run_dir, workdir_lib.METRICS_FILE), encoding="utf-8") as f:
+      trained_classes = next(len(m["per_class_accuracy"]) for m in json.load(f).values()
+                             if isinstance(m, dict) and "per_class_accuracy" in m)
+  except (OSError, ValueError, StopIteration, TypeError, AttributeError):
+    trained_classes = None
+  if trained_classes is not None and trained_classes != setup.num_classes:
+    raise ConfigError(f"the run in {run_dir} was trained on {trained_classes} classes (its "
+                      f"{workdir_lib.METRICS_FILE}) but this config's data ({setup.train.name}) "
+                      f"has {setup.num_classes}: evaluate on data with the same classes "
+                      "(data.source, data.path, data.num_classes)")
+  # Written once every input is checked, so a refused evaluation leaves --workdir as it was.
+  if os.path.abspath(run_dir) != os.path.abspath(workdir):
+    workdir_lib.prepare(workdir, config, overwrite)  # its own config.json: reruns are no-ops
   tx = make_optimizer(config.train, learning_rate_schedule(
       config.train, setup.steps_per_epoch, setup.total_steps))
   state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh)
-  checkpointer = Checkpointer(run_dir, config.train.keep_checkpoints)
+  checkpointer = Checkpointer(run_dir, config.train.keep_checkpoints, read_only=True)
   predict = make_predict_step(setup.model, config.train.ema_decay > 0, setup.mesh,
                               probabilities(config))
   try:

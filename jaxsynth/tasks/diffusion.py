@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxsynth import faults, files
 from jaxsynth.data import augment, pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.sources import open_source
@@ -212,7 +213,7 @@ def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
     grid = image_grid(images, columns=per_class, mean=mean, std=std)
     if jax.process_index() == 0:
       path = os.path.join(workdir, GRIDS_DIR, f"step-{step:06d}.png")
-      workdir_lib.atomic_write_bytes(path, png_bytes(grid))
+      files.atomic_write(path, png_bytes(grid))
     writer.image(step, "samples/per_class", grid)
 
   return write
@@ -222,6 +223,9 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
                     stop: StopRequest | None = None) -> dict:
   """Trains the denoiser (resuming an unfinished run in `workdir`); writes metrics.json."""
   check_config(config)
+  done = workdir_lib.finished_results(workdir, config, overwrite)
+  if done is not None:
+    return done
   workdir_lib.prepare(workdir, config, overwrite)
   setup = build_setup(config)
   log.info("train split of %s: %d samples, class counts %s", setup.train.name, len(setup.train),
@@ -236,13 +240,6 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
   options = loss_options(config, setup.num_classes)
   step_fn = make_train_step(setup.model, tx, setup.schedule, options, lr_schedule,
                             config.train.ema_decay, setup.mesh)
-  last_metrics = {}
-
-  def step_and_keep(current, batch):
-    current, metrics = step_fn(current, batch)
-    last_metrics["train"] = metrics
-    return current, metrics
-
   evaluate_fn = (make_val_loss(config, setup, options) if config.diffusion.val_batches > 0
                  else None)
   dataset = pipeline.train_dataset(
@@ -255,21 +252,22 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
                           checkpoint_every=config.train.checkpoint_every or eval_every,
                           select_metric=config.train.select_metric if evaluate_fn else "",
                           select_mode=config.train.select_mode)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=start)
   try:
     periodic = ()
     if config.train.sample_every > 0:
       periodic = ((config.train.sample_every, make_grid_fn(config, setup, workdir, writer)),)
     batches = parallel.global_batches(dataset, setup.mesh)
-    state, meta = train_loop(state, step_and_keep, batches, settings, checkpointer, writer,
+    state, meta = train_loop(state, step_fn, batches, settings, checkpointer, writer,
                              evaluate_fn, meta, stop, periodic)
     results = {"steps": setup.total_steps, "checkpoint": {"latest": checkpointer.latest_step()}}
-    if "train" in last_metrics:
-      results["train"] = {"loss": float(jax.device_get(last_metrics["train"]["loss"]))}
+    if "train" in meta:  # the last logged window's mean (kept with the checkpoint)
+      results["train"] = {"loss": float(meta["train"]["loss"])}
     if evaluate_fn is not None:
       results["val"] = evaluate_fn(state)
       results["checkpoint"].update(best=meta.get("best_step"), best_loss=meta.get("best_value"))
     if jax.process_index() == 0:
+      faults.point("task.before_metrics")
       workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), results)
   finally:
     writer.close()

@@ -79,7 +79,7 @@ def load_ema_params(run_dir: str, run: ml_collections.ConfigDict, model, image_s
   # The optimiser only shapes the abstract state; its rate schedule is not part of the state.
   tx = make_optimizer(run.train, optax.constant_schedule(0.0))
   abstract = train_state.abstract_state(model, tx, image_shape, mesh, diffusion.extra_inputs())
-  checkpointer = Checkpointer(run_dir, run.train.keep_checkpoints)
+  checkpointer = Checkpointer(run_dir, run.train.keep_checkpoints, read_only=True)
   try:
     if checkpointer.latest_step(which) is None:
       hint = (" (a best checkpoint needs diffusion.val_batches > 0 in training)"
@@ -96,8 +96,19 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   """Runs (or resumes) the sampling sweep of `config.sample` into WORKDIR/samples."""
   check_config(config, workdir)
   run = load_run_config(config.sample.run_dir)
-  workdir_lib.prepare(workdir, config, overwrite)
   directory = os.path.join(workdir, synthetic_format.SAMPLES_DIR)
+  done = workdir_lib.finished_results(workdir, config, overwrite)
+  if done is not None:
+    problem = sweep.damage(directory)
+    if not problem:
+      return done
+    # The finished sweep lost shards since (disk damage, a deleted file): draw them again.
+    log.warning("%s; the sweep in %s is unfinished again and draws what is missing", problem,
+                directory)
+    if jax.process_index() == 0:
+      os.remove(os.path.join(workdir, workdir_lib.METRICS_FILE))
+  # Everything is checked (config, plan, checkpoint) before anything is written to `workdir`.
+  workdir_lib.check_prepare(workdir, config, overwrite)
 
   train = open_source(run.data, "train", seed=run.seed)
   num_classes = train.num_classes
@@ -107,9 +118,7 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   mesh = parallel.make_mesh(config.mesh)
 
   # A resumed sweep keeps the checkpoint step it started with, even if training went on.
-  previous = None
-  if os.path.exists(os.path.join(directory, synthetic_format.MANIFEST)):
-    previous = synthetic_format.read_manifest(directory)
+  previous = None if overwrite else sweep.previous_plan(directory)
   # The compute dtype may differ from training's: parameters are float32 either way.
   model_cfg = ml_collections.ConfigDict(run.model.to_dict())
   model_cfg.dtype = config.sample.dtype or model_cfg.dtype
@@ -134,6 +143,8 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
       "schedule": {"name": d.schedule, "num_timesteps": int(d.num_timesteps)},
       "label_order": "interleaved", "config": json.loads(config_lib.to_json(config)),
   }
+  sweep.check_same_plan(previous, manifest, directory)
+  workdir_lib.prepare(workdir, config, overwrite)
   log.info("sweep of %d samples (per class %s) from %s step %d into %s", plan.labels.size,
            counts.tolist(), config.sample.run_dir, step, directory)
   mean, std = augment.normalisation(run.data)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsynth import faults
 from jaxsynth.errors import TrainingError
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.writers import MetricWriter, Progress
@@ -80,8 +81,8 @@ def train_loop(state, step_fn: Callable, batches: Iterator, settings: LoopSettin
   `metrics` must hold a boolean `finite`; the loop stops with TrainingError at the first
   check after it turns false and never checkpoints a non-finite state. Each `(every, fn)` of
   `periodic` runs `fn(step, state)` every `every` steps and at the last step (e.g. sample
-  grids). Returns the final state and the meta dict (best validation value and step) of the
-  last checkpoint.
+  grids). Returns the final state and the meta dict of the last checkpoint: best validation
+  value and step, and `train`, the mean scalars of the last logged window.
   """
   meta = dict(meta or {})
   stop = stop or StopRequest()
@@ -119,6 +120,7 @@ def train_loop(state, step_fn: Callable, batches: Iterator, settings: LoopSettin
         check_finite()
         scalars = _mean_scalars(pending)
         pending = []
+        meta["train"] = dict(scalars)  # the last logged window, kept with the checkpoint
         progress.update(step, scalars)
         scalars["steps_per_s"] = progress.rate(step)
         writer.scalars(step, {f"train/{k}": v for k, v in scalars.items()})
@@ -132,12 +134,14 @@ def train_loop(state, step_fn: Callable, batches: Iterator, settings: LoopSettin
             value, meta.get("best_value"), settings.select_mode):
           meta.update(best_value=float(value), best_step=step)
           save("best")
+          faults.point("loop.between_best_and_latest")
       for every, fn in periodic:
         if every > 0 and (step % every == 0 or last):
           check_finite()
           fn(step, state)
       if step % settings.checkpoint_every == 0 or last:
         save("latest")
+        faults.point("loop.after_checkpoint")
       if not last and _agreed_stop(stop, step, settings.log_every):
         save("latest")
         checkpointer.wait()

@@ -13,6 +13,8 @@ import time
 import jax
 import numpy as np
 
+from jaxsynth import files
+
 
 def _plain(value):
   if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
@@ -39,20 +41,51 @@ def image_grid(images: np.ndarray, columns: int = 8, mean=0.5, std=0.5):
   return grid
 
 
-class MetricWriter:
-  """Writes scalars to `log.jsonl` and TensorBoard (tensorboardX) on process 0 only."""
+LOG_FILE = "log.jsonl"
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+
+def truncate_log(path: str, last_step: int) -> int:
+  """Keeps the lines of a JSON-lines log up to `last_step` (drops torn lines); returns dropped."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+        keep = line.endswith("\n") and int(record["step"]) <= last_step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    files.atomic_write(path, "".join(kept).encode("utf-8"))
+  return dropped
+
+
+class MetricWriter:
+  """Writes scalars to `log.jsonl` and TensorBoard (tensorboardX) on process 0 only.
+
+  `resume_step`: the step a resumed run restarts from; log lines and TensorBoard events a
+  killed run wrote after it are dropped, so the resumed run writes each step once.
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if not self.enabled:
       return
-    self._jsonl = open(os.path.join(workdir, "log.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, LOG_FILE)
+    truncate_log(path, resume_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                 purge_step=resume_step + 1)
       except ImportError:
         logging.warning("tensorboardX is not installed; TensorBoard summaries are off")
 

@@ -5,6 +5,11 @@ data set lacks (val/test of a synthetic set, a folder without `val.csv`, ...) ar
 its train split, stratified by class with a fixed seed, so they never change between runs.
 The train split is then long-tailed with the run seed when `data.class_counts` or
 `data.imbalance_ratio` asks for it. Images are decoded lazily except for `digits`.
+
+`check_data(config.data, splits, seed)` is what a run calls before it writes anything: it opens
+the splits and checks up front what lazy reading would only meet in the middle of a run (every
+folder image's header, every synthetic shard's header) and that each held-out split has every
+class.
 """
 
 from __future__ import annotations
@@ -122,7 +127,9 @@ def open_source(data_cfg, split: str, seed: int = 0) -> ImageSource:
   parts = dict(zip(["train"] + carved, imbalance.stratified_holdout(
       train.labels, [float(data_cfg.get(f"{s}_fraction")) for s in carved], SPLIT_SEED)))
   if split != "train":
-    return _subset(train, parts[split])
+    held = _subset(train, parts[split])
+    held.held_out = True
+    return held
   keep = parts["train"]
   counts = np.bincount(train.labels[keep], minlength=num_classes)
   if not counts.all():
@@ -134,3 +141,31 @@ def open_source(data_cfg, split: str, seed: int = 0) -> ImageSource:
   if tail is not None:
     keep = keep[tail]
   return train if keep.size == len(train) else _subset(train, keep)
+
+
+def check_data(data_cfg, splits, seed: int = 0, every_class: bool = True) -> dict:
+  """Opens `splits` and checks their files up front (see the module doc); {split: source}.
+
+  With `every_class`, a split held out of train must hold every class (a class with too few
+  samples to stratify would be missing from val or test, and its metrics with it).
+  """
+  opened, checked = {}, set()
+  for split in dict.fromkeys(splits):
+    source = opened[split] = open_source(data_cfg, split, seed)
+    base = getattr(source, "parent", source)
+    key = (type(base).__name__, base.name)
+    if key not in checked:
+      checked.add(key)
+      getattr(base, "check_files", lambda: None)()
+    counts = source.class_counts()
+    if every_class and source.held_out and not counts.all():
+      c = int(np.flatnonzero(counts == 0)[0])
+      fraction = float(data_cfg.get(f"{split}_fraction", 0.0))
+      total = int(np.sum(base.labels == c))
+      raise DataError(f"class {c} ('{source.class_names[c]}') has {total} sample(s) in "
+                      f"{source.name}: too few to hold out a {split} split by class "
+                      f"(data.{split}_fraction={fraction:g}), which would have none of it; add "
+                      f"samples of it, or give the data set its own {split} split")
+  if "train" in opened:  # every split must fit the model built for the train split's images
+    _check_shapes(opened, data_cfg)
+  return opened

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
+import os
+import stat
 from typing import Callable
 
 import numpy as np
@@ -19,12 +22,43 @@ _PIL_MODES = {"1": "L", "L": "L", "LA": "L", "P": "RGB", "PA": "RGB", "RGB": "RG
               "HSV": "RGB"}
 
 
+def check_path(path: str, kind: str, what: str, fix: str) -> None:
+  """Raises DataError unless `path` is a readable `kind` ("file" or "directory").
+
+  The message names `what` and `path` and says what is wrong (missing, a broken symlink or a
+  symlink loop, the other kind, no read permission), then `fix`.
+  """
+  try:
+    is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      raise DataError(f"{what} {path} is a symlink loop ({e.strerror}): remove or fix the "
+                      f"link, or {fix}") from None
+    if os.path.lexists(path):
+      raise DataError(f"{what} {path} is a broken symlink ({e.strerror}): fix the link, or "
+                      f"{fix}") from None
+    if e.errno == errno.ENOTDIR:
+      raise DataError(f"{what} {path} does not exist (a parent of it is a file): {fix}") from None
+    raise DataError(f"{what} {path} does not exist: {fix}") from None
+  if kind == "file" and is_dir:
+    raise DataError(f"{what} {path} is a directory, not a file: {fix}")
+  if kind == "directory" and not is_dir:
+    raise DataError(f"{what} {path} is a file, not a directory: {fix}")
+  mode = os.R_OK | (os.X_OK if kind == "directory" else 0)
+  if not os.access(path, mode):
+    raise DataError(f"{what} {path} cannot be read (permission denied): fix its permissions "
+                    f"(e.g. chmod -R a+rX), or {fix}")
+
+
 class _Source(ImageSource):
   """An ImageSource that names where sample i comes from and pickles without locks/caches."""
 
   def describe(self, index: int) -> str:
     """Where sample `index` lives, for error messages."""
     return f"{self.name} sample {index}"
+
+  def check_files(self) -> None:
+    """Checks up front what `load_image` would only meet later (no-op for in-memory sources)."""
 
   def _reset(self) -> None:
     """Creates the unpicklable state (locks, caches)."""
@@ -71,6 +105,9 @@ def _decode_image(data, channels: int, where: str) -> np.ndarray:
                          dtype=np.uint8)
   except FileNotFoundError:
     raise DataError(f"{where} does not exist: fix the path or remove the row") from None
+  except PermissionError:
+    raise DataError(f"{where} cannot be read (permission denied): fix its permissions (e.g. "
+                    "chmod a+r) or remove its row") from None
   except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
     raise DataError(f"{where} cannot be decoded as an image ({e}): replace the file or remove "
                     "its row") from None
@@ -80,13 +117,40 @@ def _decode_image(data, channels: int, where: str) -> np.ndarray:
 def _check_image_shape(image: np.ndarray, expected: tuple[int, ...], image_size: int,
                        where: str, first: str) -> None:
   """Channel counts must match; sizes must match unless data.image_size resizes them."""
-  if image.shape[2] != expected[2]:
-    raise DataError(f"{where} has {image.shape[2]} channel(s) but {first} has {expected[2]}: "
+  _check_shape(image.shape, expected, image_size, where, first)
+
+
+def _check_shape(shape: tuple[int, ...], expected: tuple[int, ...], image_size: int,
+                 where: str, first: str) -> None:
+  if shape[2] != expected[2]:
+    raise DataError(f"{where} has {shape[2]} channel(s) but {first} has {expected[2]}: "
                     "convert the images to one mode, or set data.channels=1 or 3")
-  if image_size <= 0 and image.shape[:2] != tuple(expected[:2]):
-    raise DataError(f"{where} is {image.shape[0]}x{image.shape[1]} but {first} is "
+  if image_size <= 0 and tuple(shape[:2]) != tuple(expected[:2]):
+    raise DataError(f"{where} is {shape[0]}x{shape[1]} but {first} is "
                     f"{expected[0]}x{expected[1]}: resize the images to one size, or set "
                     "data.image_size to resize them on loading")
+
+
+def _image_header(path: str, channels: int, where: str) -> tuple[int, int, int]:
+  """(H, W, C) of an image file as `_decode_image` would return it, from its header only."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+  try:
+    with Image.open(path) as image:
+      mode, (width, height) = image.mode, image.size
+  except FileNotFoundError:
+    raise DataError(f"{where} does not exist: fix the path or remove the row") from None
+  except PermissionError:
+    raise DataError(f"{where} cannot be read (permission denied): fix its permissions (e.g. "
+                    "chmod a+r) or remove its row") from None
+  except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+    raise DataError(f"{where} cannot be read as an image ({e}): replace the file or remove "
+                    "its row") from None
+  native = _PIL_MODES.get(mode)
+  if native is None:
+    raise DataError(f"{where} is a {mode!r} image, not 8-bit gray or colour: convert "
+                    "it to 8-bit (e.g. PIL .convert('L') after scaling to 0..255)")
+  target = {1: "L", 3: "RGB"}.get(channels, native)
+  return height, width, 1 if target == "L" else 3
 
 
 @dataclasses.dataclass

@@ -8,16 +8,24 @@ import os
 import numpy as np
 
 from jaxsynth.data.base import SPLITS
-from jaxsynth.data.sources.common import (_Backend, _check_image_shape, _decode_image,
-                                          _max_label, _Source)
+from jaxsynth.data.sources.common import (_Backend, _check_image_shape, _check_shape,
+                                          _decode_image, _image_header, _max_label, _Source,
+                                          check_path)
 from jaxsynth.errors import DataError
+
 
 def _read_class_names(directory: str) -> tuple[str, ...]:
   path = os.path.join(directory, "classes.txt")
-  if not os.path.isfile(path):
+  if not os.path.lexists(path):
     return ()
-  with open(path, encoding="utf-8") as f:
-    return tuple(line.strip() for line in f if line.strip())
+  check_path(path, "file", "class-name file", "make it a text file with one class name per "
+             "line, or remove it")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return tuple(line.strip() for line in f if line.strip())
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"class-name file {path} cannot be read ({e}): make it a UTF-8 text file "
+                    "with one class name per line, or remove it") from None
 
 
 class FolderSource(_Source):
@@ -72,6 +80,9 @@ class FolderSource(_Source):
     except FileNotFoundError:
       raise DataError(f"{self.csv_path} does not exist: an image folder needs train.csv (and "
                       "optionally val.csv, test.csv) with a 'path,label' header") from None
+    except OSError as e:  # permission denied, a directory, a symlink loop
+      raise DataError(f"{self.csv_path} cannot be read ({e.strerror}): make it a readable CSV "
+                      "file with a 'path,label' header (check its permissions)") from None
     except (UnicodeDecodeError, csv.Error) as e:
       raise DataError(f"{self.csv_path} is not a readable UTF-8 CSV file ({e})") from None
     if not paths:
@@ -81,6 +92,14 @@ class FolderSource(_Source):
 
   def describe(self, index: int) -> str:
     return f"{self.csv_path} line {int(self.lines[index])}"
+
+  def check_files(self) -> None:
+    """Reads the header of every listed image: each must exist, be readable and 8-bit, and
+    share the first image's channels (and size, unless data.image_size resizes)."""
+    for index, rel in enumerate(self.paths):
+      where = f"image {rel} ({self.describe(index)})"
+      shape = _image_header(os.path.join(self.directory, rel), self.channels, where)
+      _check_shape(shape, self.image_shape, self.image_size, where, self.first)
 
   def load_image(self, index: int) -> np.ndarray:
     where = f"image {self.paths[index]} ({self.describe(index)})"
@@ -98,13 +117,12 @@ def _parse_int(text: str, where: str, fix: str) -> int:
 
 def _folder_backend(data_cfg) -> "_Backend":
   directory = data_cfg.path
-  if not os.path.isdir(directory):
-    raise DataError(f"image folder {directory} does not exist: set data.path to a directory "
-                    "with train.csv (and optionally val.csv, test.csv)")
+  check_path(directory, "directory", "image folder", "set data.path to a directory with "
+             "train.csv (and optionally val.csv, test.csv)")
   names = _read_class_names(directory)
   size, channels = int(data_cfg.get("image_size", 0)), int(data_cfg.get("channels", 0))
   present = [s for s in SPLITS
-             if s == "train" or os.path.isfile(os.path.join(directory, f"{s}.csv"))]
+             if s == "train" or os.path.lexists(os.path.join(directory, f"{s}.csv"))]
   openers = {s: (lambda s=s: FolderSource(directory, s, size, channels, len(names), names))
              for s in present}
   return _Backend(directory, openers, len(names), names)

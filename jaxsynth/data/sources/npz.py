@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 
 from jaxsynth.data.base import SPLITS
-from jaxsynth.data.sources.common import _Backend, _max_label, _Source
+from jaxsynth.data.sources.common import _Backend, _max_label, _Source, check_path
 from jaxsynth.errors import DataError
 
 _NPZ_ARRAYS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -18,9 +18,8 @@ _NPZ_ARRAYS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Shape and dtype of every array in an .npz file, read from the headers only."""
-  if not os.path.isfile(path):
-    raise DataError(f"data file {path} does not exist: set data.path to a MedMNIST-style .npz "
-                    "with {train,val,test}_images and _labels")
+  check_path(path, "file", "data file", "set data.path to a MedMNIST-style .npz with "
+             "{train,val,test}_images and _labels")
   headers = {}
   try:
     with zipfile.ZipFile(path) as archive:
@@ -33,6 +32,9 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                   else np.lib.format.read_array_header_2_0)
           shape, _, dtype = read(f)
         headers[member[:-4]] = (tuple(shape), dtype)
+  except PermissionError:
+    raise DataError(f"data file {path} cannot be read (permission denied): fix its permissions "
+                    "(e.g. chmod a+r)") from None
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
     raise DataError(f"data file {path} is not a readable .npz file ({e}): write it with "
                     "np.savez or np.savez_compressed") from None
@@ -138,6 +140,8 @@ def _npz_backend(data_cfg) -> "_Backend":
   if "class_names" in headers:
     names = tuple(str(n) for n in _npz_array(path, "class_names",
                                              headers["class_names"][1]).reshape(-1))
-  present = [s for s in SPLITS if f"{s}_images" in headers or f"{s}_labels" in headers]
+  # train is always opened, so a file without it names the keys it has (NpzSource's error).
+  present = [s for s in SPLITS
+             if s == "train" or f"{s}_images" in headers or f"{s}_labels" in headers]
   openers = {s: (lambda s=s: NpzSource(path, s, len(names), names, headers)) for s in present}
   return _Backend(path, openers, len(names), names)

@@ -10,7 +10,9 @@ import numpy as np
 
 from jaxsynth.data import synthetic_format
 from jaxsynth.data.sources.common import _Backend, _Source
+from jaxsynth.data.sources.npz import _npz_headers
 from jaxsynth.errors import DataError
+
 
 class SyntheticSource(_Source):
   """A sampling sweep (see `synthetic_format`): labels read up front, shards on demand.
@@ -49,6 +51,17 @@ class SyntheticSource(_Source):
     shard, row = self._shard(index)
     return (f"shard {os.path.join(self.directory, self.shards[shard]['file'])} row {row} "
             f"(sample index {int(self.index[index])})")
+
+  def check_files(self) -> None:
+    """Reads the `images` header of every shard: uint8 (count, *image_shape) as listed."""
+    for entry in self.shards:
+      path = os.path.join(self.directory, entry["file"])
+      header = _npz_headers(path).get("images")
+      expected = (entry["count"], *self.image_shape)
+      if header is None or header[1] != np.uint8 or tuple(header[0]) != expected:
+        found = "no key 'images'" if header is None else f"'images' {header[1]} {header[0]}"
+        raise DataError(f"shard {path} has {found}, but {synthetic_format.MANIFEST} says uint8 "
+                        f"{expected}: delete the shard and re-run the sampling stage")
 
   def _images(self, shard: int) -> np.ndarray:
     with self._lock:

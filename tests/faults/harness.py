@@ -1,0 +1,286 @@
+"""The fault-injection harness: run a real task as users do, SIGKILL it, rerun, compare.
+
+A `TaskCase` says how to run one task from the command line (`python -m jaxsynth.main ...`),
+which failpoints it passes (jaxsynth/faults.py) and what of its end state must equal an
+uninterrupted run's (`outcome`). `run_with_kills` runs the same command repeatedly on one
+workdir, killing the first runs (at a failpoint, or after a number of seconds) and letting the
+last one finish; `compare` lists what differs from the reference. A later task joins the
+harness by adding its case to `CASES` (a few lines: its command, its points, its outcome).
+
+Used by the CI cases in tests/faults/ and by the randomised campaign in bench/faults.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KILLED = -signal.SIGKILL
+TIMING_KEYS = ("train/steps_per_s", "images_per_s")   # wall-clock figures: never compared
+
+# Tiny runs: 8 px digits, seconds per run on 2 cores.
+CLASSIFIER_ARGS = (
+    "--config", "configs/default.py", "--config.data.image_size=8", "--config.data.threads=2",
+    "--config.model.width=8", "--config.train.batch_size=16", "--config.train.eval_batch_size=64",
+    "--config.train.steps=12", "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
+    "--config.train.log_every=1", "--config.train.keep_checkpoints=2")
+DIFFUSION_ARGS = (
+    "--config", "configs/diffusion.py:unet", "--config.data.image_size=8",
+    "--config.data.threads=2", "--config.model.unet.channels=(16,32)",
+    "--config.model.unet.res_blocks=1", "--config.model.unet.attn_resolutions=()",
+    "--config.model.unet.head_dim=8", "--config.model.unet.mid_attention=False",
+    "--config.diffusion.num_timesteps=100", "--config.diffusion.sample_steps=3",
+    "--config.diffusion.grid_per_class=1", "--config.diffusion.val_batches=1",
+    "--config.train.batch_size=16", "--config.train.eval_batch_size=32",
+    "--config.train.steps=6", "--config.train.log_every=1", "--config.train.eval_every=2",
+    "--config.train.checkpoint_every=2", "--config.train.sample_every=6",
+    "--config.train.keep_checkpoints=2")
+
+
+def sample_args(run_dir: str) -> tuple[str, ...]:
+  """A small sweep (60 samples in 10 shards) from the diffusion run in `run_dir`."""
+  return ("--config", "configs/diffusion.py:sample", f"--config.sample.run_dir={run_dir}",
+          "--config.sample.budget=counts", "--config.sample.class_counts=" + repr((6,) * 10),
+          "--config.sample.num_steps=3", "--config.sample.shard_size=6",
+          "--config.sample.batch_size=4")
+
+
+def evaluate_args(run_dir: str) -> tuple[str, ...]:
+  """Evaluation of the classifier run in `run_dir` (its own config's model and data keys)."""
+  return CLASSIFIER_ARGS + ("--config.task=evaluate", f"--config.evaluate.run_dir={run_dir}",
+                            "--config.evaluate.bootstrap=50")
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def env(extra: dict | None = None) -> dict:
+  """The environment of a task subprocess: CPU, a shared compile cache, no failpoint armed."""
+  out = {k: v for k, v in os.environ.items() if k != "JAXSYNTH_FAULT"}
+  out.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             JAX_COMPILATION_CACHE_DIR=out.get("JAXSYNTH_TEST_XLA_CACHE") or os.path.join(
+                 tempfile.gettempdir(), "jaxsynth-test-xla-cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  out.update(extra or {})
+  return out
+
+
+@dataclasses.dataclass
+class RunRecord:
+  """One process of a chain: how it was stopped and how it ended."""
+  kill: str                # "point:NAME[@n]", "after:SECONDS" or "none"
+  returncode: int
+  seconds: float
+  stderr_tail: str
+
+  @property
+  def killed(self) -> bool:
+    return self.returncode == KILLED
+
+
+def run_once(args, workdir: str, kill: str = "none", timeout: float = 600,
+             extra_env: dict | None = None, file_size_limit_kb: int = 0) -> RunRecord:
+  """Runs `python -m jaxsynth.main ARGS --workdir W` once, killed as `kill` says.
+
+  `file_size_limit_kb` > 0 runs it under `ulimit -f` (with SIGXFSZ ignored, so a write past the
+  limit fails with EFBIG, as on a full disk, instead of killing the process).
+  """
+  extra = dict(extra_env or {})
+  delay = None
+  if kill.startswith("point:"):
+    extra["JAXSYNTH_FAULT"] = kill[len("point:"):]
+  elif kill.startswith("after:"):
+    delay = float(kill[len("after:"):])
+  command = [sys.executable, "-m", "jaxsynth.main", *args, "--workdir", workdir]
+  if file_size_limit_kb:
+    command = ["bash", "-c", f"trap '' XFSZ; ulimit -f {int(file_size_limit_kb)}; exec \"$@\"",
+               "bash", *command]
+  t0 = time.perf_counter()
+  with tempfile.TemporaryFile() as err:
+    proc = subprocess.Popen(command, cwd=ROOT, env=env(extra), stdout=subprocess.DEVNULL,
+                            stderr=err)
+    try:
+      if delay is not None:
+        try:
+          proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+          proc.send_signal(signal.SIGKILL)
+      proc.wait(timeout=timeout)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    err.seek(0)
+    tail = err.read().decode("utf-8", "replace")[-20000:]
+  return RunRecord(kill, proc.returncode, time.perf_counter() - t0, tail)
+
+
+def run_with_kills(args, workdir: str, kills, timeout: float = 600) -> list[RunRecord]:
+  """Runs the command once per kill (each on the same workdir), then once to the end."""
+  records = [run_once(args, workdir, kill, timeout) for kill in kills]
+  records.append(run_once(args, workdir, "none", timeout))
+  return records
+
+
+# ------------------------------------------------------------------------------- outcomes
+
+
+def _without_timing(obj):
+  if isinstance(obj, dict):
+    return {k: _without_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+  if isinstance(obj, list):
+    return [_without_timing(v) for v in obj]
+  return obj
+
+
+def _canonical(obj) -> str:
+  """JSON text of `obj` without wall-clock keys, for equality checks."""
+  return json.dumps(_without_timing(obj), sort_keys=True)
+
+
+def _digest_arrays(tree) -> str:
+  import jax  # pylint: disable=import-outside-toplevel
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = np.asarray(leaf)
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(str(array.dtype).encode() + str(array.shape).encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
+def checkpoint_steps(workdir: str, which: str) -> list[int]:
+  """The step directories under workdir/checkpoints/<which>."""
+  root = os.path.join(workdir, "checkpoints", which)
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def checkpoint_digest(workdir: str, which: str, step: int) -> str:
+  """SHA-256 over the arrays (names, dtypes, shapes, bytes) of a saved train state."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", which, str(step), "state")
+  with ocp.StandardCheckpointer() as checkpointer:
+    return _digest_arrays(checkpointer.restore(path))
+
+
+def _json_file(path: str) -> str:
+  with open(path, encoding="utf-8") as f:
+    return _canonical(json.load(f))
+
+
+def _log_lines(workdir: str) -> str:
+  with open(os.path.join(workdir, "log.jsonl"), encoding="utf-8") as f:
+    return _canonical([json.loads(line) for line in f])
+
+
+def _npz_arrays(path: str) -> str:
+  with np.load(path, allow_pickle=False) as data:
+    return _digest_arrays({k: data[k] for k in sorted(data.files)})
+
+
+def training_outcome(workdir: str) -> dict:
+  """What a training run must end with: every kept checkpoint's state, metrics, the log."""
+  out = {"metrics.json": _json_file(os.path.join(workdir, "metrics.json")),
+         "log.jsonl": _log_lines(workdir)}
+  for which in ("latest", "best"):
+    steps = checkpoint_steps(workdir, which)
+    out[f"{which} steps"] = steps
+    for step in steps:
+      out[f"{which}/{step}"] = checkpoint_digest(workdir, which, step)
+  if os.path.exists(os.path.join(workdir, "predictions.npz")):
+    out["predictions.npz"] = _npz_arrays(os.path.join(workdir, "predictions.npz"))
+  for grid in sorted(glob.glob(os.path.join(workdir, "grids", "*.png"))):
+    with open(grid, "rb") as f:
+      out[os.path.relpath(grid, workdir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def evaluation_outcome(workdir: str) -> dict:
+  """What an evaluation must end with: its metrics and predictions."""
+  return {"metrics.json": _json_file(os.path.join(workdir, "metrics.json")),
+          "predictions.npz": _npz_arrays(os.path.join(workdir, "predictions.npz"))}
+
+
+def sweep_outcome(workdir: str) -> dict:
+  """What a sweep must end with: every shard's bytes, the manifest, the sample indices."""
+  directory = os.path.join(workdir, "samples")
+  out = {"metrics.json": _json_file(os.path.join(workdir, "metrics.json")),
+         "manifest.json": _json_file(os.path.join(directory, "manifest.json"))}
+  indices = []
+  for path in sorted(glob.glob(os.path.join(directory, "shard-*.npz"))):
+    with open(path, "rb") as f:
+      out[os.path.basename(path)] = hashlib.sha256(f.read()).hexdigest()
+    with np.load(path, allow_pickle=False) as shard:
+      indices.append(shard["index"])
+  out["index"] = np.concatenate(indices).tolist() if indices else []
+  return out
+
+
+def sample_accounting(outcome: dict, total: int) -> dict:
+  """Samples lost (never written) and duplicated (written twice) in a sweep outcome."""
+  index = np.asarray(outcome.get("index", []), np.int64)
+  counts = np.bincount(index, minlength=total) if index.size else np.zeros(total, np.int64)
+  return {"lost": int(np.sum(counts[:total] == 0)), "duplicated": int(np.sum(counts > 1)),
+          "outside": int(np.sum(index >= total))}
+
+
+def compare(reference: dict, outcome: dict) -> list[str]:
+  """The keys whose values differ between two outcomes (empty: identical)."""
+  return sorted(k for k in set(reference) | set(outcome) if reference.get(k) != outcome.get(k))
+
+
+# ------------------------------------------------------------------------------ the cases
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskCase:
+  """How the harness runs one task, where it can be killed, and what must come out the same."""
+  name: str
+  args: Callable[[dict], tuple]        # inputs (name -> workdir of a finished case) -> CLI args
+  outcome: Callable[[str], dict]
+  points: tuple[str, ...]              # failpoints the task passes (jaxsynth/faults.POINTS)
+  needs: tuple[str, ...] = ()          # cases whose finished runs it reads
+  samples: int = 0                     # a sweep's budget, for the lost/duplicated count
+
+
+CASES = {
+    "train_classifier": TaskCase(
+        "train_classifier", lambda inputs: CLASSIFIER_ARGS, training_outcome,
+        ("checkpoint.save_in_flight", "checkpoint.before_commit", "checkpoint.prune",
+         "loop.between_best_and_latest", "loop.after_checkpoint", "task.before_metrics",
+         "file.before_rename")),
+    "evaluate": TaskCase(
+        "evaluate", lambda inputs: evaluate_args(inputs["train_classifier"]),
+        evaluation_outcome, ("file.before_rename", "task.before_metrics"),
+        needs=("train_classifier",)),
+    "train_diffusion": TaskCase(
+        "train_diffusion", lambda inputs: DIFFUSION_ARGS, training_outcome,
+        ("checkpoint.save_in_flight", "checkpoint.before_commit", "checkpoint.prune",
+         "loop.between_best_and_latest", "loop.after_checkpoint", "task.before_metrics",
+         "file.before_rename")),
+    "sample": TaskCase(
+        "sample", lambda inputs: sample_args(inputs["train_diffusion"]), sweep_outcome,
+        ("shard.before_rename", "manifest.before_rename", "file.before_rename"),
+        needs=("train_diffusion",), samples=60),
+}
+
+
+def reference_run(case: TaskCase, workdir: str, inputs: dict) -> tuple[dict, float]:
+  """Runs `case` uninterrupted into `workdir`; returns (outcome, wall seconds)."""
+  record = run_once(case.args(inputs), workdir)
+  if record.returncode != 0:
+    raise RuntimeError(f"reference run of {case.name} failed ({record.returncode}):\n"
+                       f"{record.stderr_tail}")
+  return case.outcome(workdir), record.seconds

@@ -1,0 +1,152 @@
+"""Torn and corrupt files: a damaged checkpoint falls back to the previous good one, damaged
+shards and manifests are drawn again and never read as data, stale temporaries are removed."""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxsynth.data.sources import open_source
+from jaxsynth.errors import CheckpointError, DataError
+from jaxsynth.tasks import classifier
+from jaxsynth.training.checkpoint import CHECKSUMS
+from jaxsynth.training.loop import Preempted, StopRequest
+from tests.faults import harness
+from tests.helpers import assert_trees_equal, checkpoint_steps, load_params, tiny_config
+
+
+def config():
+  return tiny_config(steps=8, train__checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("full"))
+  classifier.train_and_evaluate(config(), workdir)
+  return workdir
+
+
+def stopped_at(workdir, step):
+  with pytest.raises(Preempted):
+    classifier.train_and_evaluate(config(), workdir, stop=StopRequest(at_step=step))
+  return workdir
+
+
+def largest_file(directory):
+  paths = [os.path.join(p, n) for p, _, names in os.walk(directory) for n in names
+           if n != CHECKSUMS]
+  return max(paths, key=os.path.getsize)
+
+
+def damage(path, how):
+  """Truncates a file to half, flips one bit in its middle, or removes it."""
+  if how == "missing":
+    os.remove(path)
+    return
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    if how == "truncated":
+      f.truncate(len(data) // 2)
+    else:
+      data[len(data) // 2] ^= 0x10
+      f.seek(0)
+      f.write(bytes(data))
+
+
+def tree_hash(directory):
+  digest = hashlib.sha256()
+  for parent, dirs, names in sorted(os.walk(directory)):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(parent, name)
+      digest.update(os.path.relpath(path, directory).encode())
+      with open(path, "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+@pytest.mark.parametrize("how", ["truncated", "bitflip", "missing"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_good_one(uninterrupted, tmp_path,
+                                                                       caplog, how):
+  workdir = stopped_at(str(tmp_path), 6)
+  assert checkpoint_steps(workdir) == [2, 4, 6]
+  damage(largest_file(os.path.join(workdir, "checkpoints", "latest", "6")), how)
+  with caplog.at_level(logging.WARNING, logger="jaxsynth"):
+    classifier.train_and_evaluate(config(), workdir)
+  warned = " ".join(r.getMessage() for r in caplog.records)
+  assert "checkpoints/latest/6 is damaged" in warned and "quarantine" in warned
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "quarantine", "latest-6"))
+  assert_trees_equal(load_params(workdir, 8), load_params(uninterrupted, 8))
+  with open(os.path.join(workdir, "metrics.json")) as a, \
+       open(os.path.join(uninterrupted, "metrics.json")) as b:
+    assert json.load(a) == json.load(b)
+
+
+def test_no_good_checkpoint_is_one_error_and_nothing_moves(tmp_path):
+  workdir = stopped_at(str(tmp_path), 4)
+  for step in checkpoint_steps(workdir):
+    damage(largest_file(os.path.join(workdir, "checkpoints", "latest", str(step))), "bitflip")
+  before = tree_hash(os.path.join(workdir, "checkpoints"))
+  with pytest.raises(CheckpointError, match="no good checkpoint in .*latest.*--overwrite"):
+    classifier.train_and_evaluate(config(), workdir)
+  assert tree_hash(os.path.join(workdir, "checkpoints")) == before
+
+
+def test_torn_step_without_checksums_is_skipped(uninterrupted, tmp_path):
+  # What a kill in the middle of an old-style deletion leaves: a step directory missing files.
+  workdir = stopped_at(str(tmp_path), 6)
+  step_dir = os.path.join(workdir, "checkpoints", "latest", "6")
+  os.remove(os.path.join(step_dir, CHECKSUMS))
+  shutil.rmtree(os.path.join(step_dir, "state"))
+  classifier.train_and_evaluate(config(), workdir)
+  assert_trees_equal(load_params(workdir, 8), load_params(uninterrupted, 8))
+
+
+def test_damaged_best_is_remade_from_an_earlier_latest(uninterrupted, tmp_path):
+  workdir = stopped_at(str(tmp_path), 6)
+  best = checkpoint_steps(workdir, "best")[-1]
+  damage(largest_file(os.path.join(workdir, "checkpoints", "best", str(best))), "bitflip")
+  classifier.train_and_evaluate(config(), workdir)
+  assert_trees_equal(load_params(workdir, 8), load_params(uninterrupted, 8))
+  assert_trees_equal(load_params(workdir, which="best"),
+                     load_params(uninterrupted, which="best"))
+
+
+def test_damaged_sweep_is_redrawn_byte_identically(references, inputs, tmp_path):
+  reference_dir, reference = references["sample"]
+  workdir = str(tmp_path / "sweep")
+  shutil.copytree(reference_dir, workdir)
+  samples = os.path.join(workdir, "samples")
+  damage(os.path.join(samples, "shard-00001.npz"), "truncated")
+  damage(os.path.join(samples, "shard-00002.npz"), "bitflip")
+  with open(os.path.join(samples, "manifest.json"), "r+") as f:
+    f.truncate(100)                                   # a torn manifest
+  stale = os.path.join(samples, ".tmp-shard-00003.npz-abcd")
+  with open(stale, "wb") as f:
+    f.write(b"half a shard")
+  # The damaged sweep is never read as data.
+  data = ml_collections.ConfigDict({"source": "synthetic", "path": workdir})
+  with pytest.raises(DataError, match="manifest.json"):
+    open_source(data, "train")
+  record = harness.run_once(harness.CASES["sample"].args(inputs), workdir)
+  assert record.returncode == 0, record.stderr_tail
+  assert "is damaged" in record.stderr_tail and "drawing it again" in record.stderr_tail
+  assert harness.compare(reference, harness.sweep_outcome(workdir)) == []
+  assert not os.path.exists(stale)
+  assert sorted(os.listdir(os.path.join(samples, "quarantine"))) == ["shard-00001.npz",
+                                                                     "shard-00002.npz"]
+
+
+def test_reader_refuses_a_shard_that_does_not_match_its_checksum(references, tmp_path):
+  workdir = str(tmp_path / "sweep")
+  shutil.copytree(references["sample"][0], workdir)
+  damage(os.path.join(workdir, "samples", "shard-00004.npz"), "bitflip")
+  data = ml_collections.ConfigDict({"source": "synthetic", "path": workdir})
+  with pytest.raises(DataError, match="shard-00004.npz is damaged.*sha256"):
+    open_source(data, "train")
+  np.testing.assert_array_equal(harness.sample_accounting(references["sample"][1], 60)["lost"], 0)

@@ -1,0 +1,38 @@
+"""SIGKILL at the instants most likely to break resume, per task: the rerun of the same command
+ends exactly as an uninterrupted run (bit-identical parameters, byte-identical shards)."""
+
+import pytest
+
+from tests.faults import harness
+
+# (case, kills in order on one workdir). Each kill must land (the point is reached).
+KILL_CHAINS = [
+    # The kill from issue #9: best of a step saved, latest not (then a half-deleted old step).
+    ("train_classifier", ["point:loop.between_best_and_latest@3", "point:checkpoint.prune@2"]),
+    ("evaluate", ["point:task.before_metrics"]),
+    ("train_diffusion", ["point:checkpoint.save_in_flight@3", "point:checkpoint.before_commit@2"]),
+    ("sample", ["point:shard.before_rename@2", "point:manifest.before_rename@3"]),
+]
+
+
+@pytest.mark.parametrize("name, kills", KILL_CHAINS, ids=[c[0] for c in KILL_CHAINS])
+def test_killed_run_resumes_to_the_uninterrupted_result(name, kills, references, inputs,
+                                                         tmp_path):
+  case = harness.CASES[name]
+  workdir = str(tmp_path / name)
+  records = harness.run_with_kills(case.args(inputs), workdir, kills)
+  for record in records[:-1]:
+    assert record.killed, f"{record.kill} was not reached:\n{record.stderr_tail}"
+  assert records[-1].returncode == 0, records[-1].stderr_tail
+  outcome = case.outcome(workdir)
+  assert harness.compare(references[name][1], outcome) == []
+  if case.samples:
+    assert harness.sample_accounting(outcome, case.samples) == {"lost": 0, "duplicated": 0,
+                                                                "outside": 0}
+
+
+def test_rerun_of_a_finished_run_is_a_no_op(references, inputs):
+  workdir, outcome = references["train_classifier"]
+  record = harness.run_once(harness.CASES["train_classifier"].args(inputs), workdir)
+  assert record.returncode == 0 and "nothing to do" in record.stderr_tail
+  assert harness.compare(outcome, harness.training_outcome(workdir)) == []
