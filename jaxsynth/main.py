@@ -1,32 +1,27 @@
 """Entry point: python -m jaxsynth.main --config configs/<name>.py[:variant] --workdir DIR.
 
-Before a task writes anything, main checks what it will read: the config, --workdir, the data
-files (every split, every listed file's header) and trained runs (config.json, checkpoints),
-then builds the model, mesh and schedule the task derives (`check_inputs`, `check_setup`). A bad
-input is one line `jaxsynth: error: ...` on stderr and exit code 2, with nothing on disk changed.
-The first checks run before jax is imported, so most bad inputs fail in about a second.
+Before a task writes anything, main checks what it will read (tasks/preflight.py: the config,
+--workdir, the data files, trained runs, then what the task derives from them) and takes the
+workdir's lock. A bad input is one line `jaxsynth: error: ...` on stderr and exit code 2, with
+nothing on disk changed; most fail before jax is imported, in about a second.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
-import stat
 import sys
 import threading
 
-import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxsynth import config as config_lib
 from jaxsynth import files
-from jaxsynth.data.sources import check_data
-from jaxsynth.errors import CheckpointError, ConfigError, DataError, JaxsynthError
-from jaxsynth.tasks import TASKS, get_task
+from jaxsynth.errors import JaxsynthError
+from jaxsynth.tasks import TASKS, get_task, preflight
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/default.py[:variant].",
@@ -105,111 +100,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def check_workdir(workdir: str) -> None:
-  """Raises CheckpointError unless --workdir is a writable directory or can be created."""
-  fix = "choose another --workdir"
-  try:
-    mode = os.stat(workdir).st_mode
-  except FileNotFoundError:
-    if os.path.lexists(workdir):
-      raise CheckpointError(f"--workdir {workdir} is a broken symlink: fix or remove the link, "
-                            f"or {fix}") from None
-    return
-  except OSError as e:
-    if e.errno == errno.ELOOP:
-      raise CheckpointError(f"--workdir {workdir} is a symlink loop ({e.strerror}): remove the "
-                            f"link, or {fix}") from None
-    if e.errno == errno.ENOTDIR:
-      raise CheckpointError(f"--workdir {workdir} lies inside a file (a parent of it is not a "
-                            f"directory): {fix}") from None
-    raise CheckpointError(f"--workdir {workdir} cannot be used ({e.strerror}): {fix}") from None
-  if not stat.S_ISDIR(mode):
-    raise CheckpointError(f"--workdir {workdir} is a file, not a directory: {fix}, or move the "
-                          "file away")
-  if not os.access(workdir, os.R_OK | os.W_OK | os.X_OK):
-    raise CheckpointError(f"--workdir {workdir} is not writable (permission denied): fix its "
-                          f"permissions, or {fix}")
-
-
-def _classifier_splits(config) -> list[str]:
-  """The data splits train_classifier / evaluate read."""
-  val = config.task == "train_classifier" or config.evaluate.threshold != "argmax"
-  return ["train"] + (["val"] if val else []) + list(config.evaluate.splits)
-
-
-def check_inputs(config) -> dict:
-  """Checks the data and trained runs the task reads, before jax starts; {"data", "run"}."""
-  task = config.task
-  if task in ("train_classifier", "evaluate"):
-    return {"data": check_data(config.data, _classifier_splits(config), config.seed)}
-  if task == "train_diffusion":
-    splits = ["train"] + (["val"] if config.diffusion.val_batches > 0 else [])
-    return {"data": check_data(config.data, splits, config.seed, every_class=False)}
-  if task == "sample" and config.sample.run_dir:
-    run_dir = config.sample.run_dir
-    trained = config_lib.read_run_config(run_dir, "train_diffusion", "sample.run_dir")
-    if not isinstance(trained.get("diffusion"), dict):
-      raise CheckpointError(f"{os.path.join(run_dir, config_lib.CONFIG_FILE)} has no "
-                            "'diffusion' keys: set sample.run_dir to a train_diffusion --workdir")
-    run = ml_collections.ConfigDict(trained)
-    try:
-      data = check_data(run.data, ["train"], run.seed, every_class=False)
-    except DataError as e:
-      raise DataError(f"the data of the trained run {run_dir} (its config.json) is not usable: "
-                      f"{e}; restore the files the run was trained on") from None
-    which = config.sample.checkpoint
-    if which in ("latest", "best") and not config_lib.checkpoint_steps(run_dir, which):
-      hint = " (one needs diffusion.val_batches > 0 in training)" if which == "best" else ""
-      raise CheckpointError(f"no '{which}' checkpoint in "
-                            f"{os.path.join(run_dir, 'checkpoints', which)}{hint}: train the run "
-                            "first, or set sample.checkpoint=latest")
-    return {"data": data, "run": run}
-  return {}
-
-
-def check_setup(config, workdir: str, inputs: dict) -> None:
-  """Builds what the task derives from the config (model, mesh, schedule, class budget)."""
-  # pylint: disable=import-outside-toplevel  (these import jax)
-  task = config.task
-  if task in ("train_classifier", "evaluate"):
-    from jaxsynth.tasks import classifier
-    classifier.build_setup(config)
-  elif task == "train_diffusion":
-    from jaxsynth.diffusion.schedules import make_schedule
-    from jaxsynth.models.denoisers import check_image_shape
-    from jaxsynth.tasks import diffusion
-    diffusion.check_config(config)
-    d = config.diffusion
-    try:
-      make_schedule(d.schedule, d.num_timesteps)
-    except ConfigError as e:
-      raise ConfigError(f"config keys 'diffusion.schedule' ({d.schedule!r}) and "
-                        f"'diffusion.num_timesteps' ({d.num_timesteps}) give no valid noise "
-                        f"schedule ({e}): use more timesteps, e.g. 1000") from None
-    check_image_shape(config.model, diffusion.build_setup(config).image_shape)
-  elif task == "sample":
-    from jaxsynth.synthesis import sweep
-    from jaxsynth.tasks import sample
-    sample.check_config(config, workdir)
-    if "run" in inputs:
-      train = inputs["data"]["train"]
-      sweep.class_budget(config.sample, train.num_classes, train.class_counts())
-
-
-def _os_error(e: OSError) -> str:
-  """One line for an OSError no check caught: the file, what is wrong, what to do."""
-  fixes = {errno.ELOOP: "remove or fix the symlink loop",
-           errno.EACCES: "fix its permissions, or choose another path",
-           errno.EPERM: "fix its permissions, or choose another path",
-           errno.EISDIR: "a file was expected there: remove or rename the directory",
-           errno.ENOTDIR: "a directory was expected there: remove or rename the file",
-           errno.EEXIST: "remove or rename it, or choose another path",
-           errno.ENOSPC: "free some space and rerun the command (a run resumes)",
-           errno.EROFS: "choose a writable location"}
-  where = e.filename if e.filename is not None else "a file"
-  return f"{where}: {e.strerror or e}; {fixes.get(e.errno, 'check the path and rerun')}"
-
-
 def _unraisable_hook(args) -> None:
   """Tensorstore's callbacks after a failed orbax restore hit a closed event loop; only noise."""
   if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
@@ -234,8 +124,8 @@ def main(argv):
   try:
     config = FLAGS.config
     config_lib.validate(config, TASKS)
-    check_workdir(FLAGS.workdir)
-    inputs = check_inputs(config)
+    preflight.check_workdir(FLAGS.workdir)
+    inputs = preflight.check_inputs(config)
     # pylint: disable=import-outside-toplevel  (jax starts here, after the cheap checks)
     from jaxsynth.training import distributed, workdir as workdir_lib
     from jaxsynth.training.loop import Preempted
@@ -244,7 +134,7 @@ def main(argv):
     task = get_task(config.task)
     try:
       with workdir_lib.lock(FLAGS.workdir):  # a second command on this workdir is refused
-        check_setup(config, FLAGS.workdir, inputs)
+        preflight.check_setup(config, FLAGS.workdir, inputs)
         task(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
     except Preempted as e:
       print(f"jaxsynth: {e}", file=sys.stderr)
@@ -252,7 +142,7 @@ def main(argv):
   except JaxsynthError as e:
     _exit_with_error(str(e))
   except OSError as e:  # a path no check above foresaw (EACCES, ELOOP, EISDIR, ...)
-    _exit_with_error(_os_error(e))
+    _exit_with_error(preflight.os_error_line(e))
 
 
 def _exit_with_error(message: str) -> None:

@@ -245,6 +245,7 @@ class Checkpointer:
     if chosen is None:
       return state, {}
     self._anchor_best = restored[1].get("best_step")
+    self._prune()  # a step committed only now (a kill before its commit) prunes as save would
     log.info("resuming from step %d", chosen)
     return restored
 

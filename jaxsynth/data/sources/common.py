@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -89,39 +90,44 @@ class ArraySource(_Source):
     return self.images[index]
 
 
-def _decode_image(data, channels: int, where: str) -> np.ndarray:
-  """Decodes a file path or encoded bytes with PIL to uint8 (H, W, 1 or 3)."""
+@contextlib.contextmanager
+def _opened_image(source, where: str, verb: str):
+  """PIL's Image.open(source); a missing, unreadable or undecodable file is one DataError."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
-  source = io.BytesIO(data) if isinstance(data, bytes) else data
   try:
     with Image.open(source) as image:
-      image.load()
-      native = _PIL_MODES.get(image.mode)
-      if native is None:
-        raise DataError(f"{where} is a {image.mode!r} image, not 8-bit gray or colour: convert "
-                        "it to 8-bit (e.g. PIL .convert('L') after scaling to 0..255)")
-      target = {1: "L", 3: "RGB"}.get(channels, native)
-      array = np.asarray(image if image.mode == target else image.convert(target),
-                         dtype=np.uint8)
+      yield image
   except FileNotFoundError:
     raise DataError(f"{where} does not exist: fix the path or remove the row") from None
   except PermissionError:
     raise DataError(f"{where} cannot be read (permission denied): fix its permissions (e.g. "
                     "chmod a+r) or remove its row") from None
   except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-    raise DataError(f"{where} cannot be decoded as an image ({e}): replace the file or remove "
-                    "its row") from None
+    raise DataError(f"{where} cannot be {verb} ({e}): replace the file or remove its row") from None
+
+
+def _target_mode(mode: str, channels: int, where: str) -> str:
+  """The PIL mode an image of `mode` is converted to for `data.channels` = channels."""
+  native = _PIL_MODES.get(mode)
+  if native is None:
+    raise DataError(f"{where} is a {mode!r} image, not 8-bit gray or colour: convert "
+                    "it to 8-bit (e.g. PIL .convert('L') after scaling to 0..255)")
+  return {1: "L", 3: "RGB"}.get(channels, native)
+
+
+def _decode_image(data, channels: int, where: str) -> np.ndarray:
+  """Decodes a file path or encoded bytes with PIL to uint8 (H, W, 1 or 3)."""
+  source = io.BytesIO(data) if isinstance(data, bytes) else data
+  with _opened_image(source, where, "decoded as an image") as image:
+    image.load()
+    target = _target_mode(image.mode, channels, where)
+    array = np.asarray(image if image.mode == target else image.convert(target), dtype=np.uint8)
   return array[..., None] if array.ndim == 2 else array
-
-
-def _check_image_shape(image: np.ndarray, expected: tuple[int, ...], image_size: int,
-                       where: str, first: str) -> None:
-  """Channel counts must match; sizes must match unless data.image_size resizes them."""
-  _check_shape(image.shape, expected, image_size, where, first)
 
 
 def _check_shape(shape: tuple[int, ...], expected: tuple[int, ...], image_size: int,
                  where: str, first: str) -> None:
+  """Channel counts must match; sizes must match unless data.image_size resizes them."""
   if shape[2] != expected[2]:
     raise DataError(f"{where} has {shape[2]} channel(s) but {first} has {expected[2]}: "
                     "convert the images to one mode, or set data.channels=1 or 3")
@@ -133,23 +139,9 @@ def _check_shape(shape: tuple[int, ...], expected: tuple[int, ...], image_size: 
 
 def _image_header(path: str, channels: int, where: str) -> tuple[int, int, int]:
   """(H, W, C) of an image file as `_decode_image` would return it, from its header only."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
-  try:
-    with Image.open(path) as image:
-      mode, (width, height) = image.mode, image.size
-  except FileNotFoundError:
-    raise DataError(f"{where} does not exist: fix the path or remove the row") from None
-  except PermissionError:
-    raise DataError(f"{where} cannot be read (permission denied): fix its permissions (e.g. "
-                    "chmod a+r) or remove its row") from None
-  except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-    raise DataError(f"{where} cannot be read as an image ({e}): replace the file or remove "
-                    "its row") from None
-  native = _PIL_MODES.get(mode)
-  if native is None:
-    raise DataError(f"{where} is a {mode!r} image, not 8-bit gray or colour: convert "
-                    "it to 8-bit (e.g. PIL .convert('L') after scaling to 0..255)")
-  target = {1: "L", 3: "RGB"}.get(channels, native)
+  with _opened_image(path, where, "read as an image") as image:
+    target = _target_mode(image.mode, channels, where)
+    width, height = image.size
   return height, width, 1 if target == "L" else 3
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from jaxsynth.data.base import SPLITS
-from jaxsynth.data.sources.common import (_Backend, _check_image_shape, _check_shape,
+from jaxsynth.data.sources.common import (_Backend, _check_shape,
                                           _decode_image, _image_header, _max_label, _Source,
                                           check_path)
 from jaxsynth.errors import DataError
@@ -104,7 +104,7 @@ class FolderSource(_Source):
   def load_image(self, index: int) -> np.ndarray:
     where = f"image {self.paths[index]} ({self.describe(index)})"
     image = _decode_image(os.path.join(self.directory, self.paths[index]), self.channels, where)
-    _check_image_shape(image, self.image_shape, self.image_size, where, self.first)
+    _check_shape(image.shape, self.image_shape, self.image_size, where, self.first)
     return image
 
 

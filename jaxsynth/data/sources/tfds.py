@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from jaxsynth.data.sources.common import (_Backend, _check_image_shape, _decode_image,
+from jaxsynth.data.sources.common import (_Backend, _check_shape, _decode_image,
                                           _max_label, _Source)
 from jaxsynth.errors import DataError
 
@@ -63,7 +63,7 @@ class TfdsSource(_Source):
 
   def load_image(self, index: int) -> np.ndarray:
     image = self._decode(index)
-    _check_image_shape(image, self.image_shape, self.image_size,
+    _check_shape(image.shape, self.image_shape, self.image_size,
                        f"image of {self.describe(index)}", self.first)
     return image
 
