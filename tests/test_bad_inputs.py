@@ -931,7 +931,7 @@ def _params():
     yield pytest.param(fn, id=name, marks=marks)
 
 
-@pytest.mark.parametrize("build", _params())
+@pytest.mark.parametrize("build", list(_params()))
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(build, tmp_path, request):
   ctx = Ctx(tmp_path, request)
   bad = build(ctx)

@@ -2,7 +2,22 @@
 
 import pytest
 
+from jaxsynth.tasks import classifier
 from tests.faults import harness
+from tests.helpers import tiny_config
+
+
+def tiny_classifier_config():
+  """The in-process classifier of the damage and disk tests: 8 steps, a checkpoint every 2."""
+  return tiny_config(steps=8, train__checkpoint_every=2)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+  """The workdir of an uninterrupted in-process run of tiny_classifier_config()."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  classifier.train_and_evaluate(tiny_classifier_config(), workdir)
+  return workdir
 
 
 @pytest.fixture(scope="session")

@@ -17,23 +17,25 @@ from jaxsynth.tasks import classifier
 from jaxsynth.training.checkpoint import CHECKSUMS
 from jaxsynth.training.loop import Preempted, StopRequest
 from tests.faults import harness
-from tests.helpers import assert_trees_equal, checkpoint_steps, load_params, tiny_config
+from tests.faults.conftest import tiny_classifier_config
+from tests.helpers import assert_trees_equal, checkpoint_steps, load_params
 
 
-def config():
-  return tiny_config(steps=8, train__checkpoint_every=2)
+config = tiny_classifier_config
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("full"))
-  classifier.train_and_evaluate(config(), workdir)
+def stopped(tmp_path_factory):
+  """A run stopped after step 6 (checkpoints 2, 4, 6); tests damage copies of it."""
+  workdir = str(tmp_path_factory.mktemp("stopped"))
+  with pytest.raises(Preempted):
+    classifier.train_and_evaluate(config(), workdir, stop=StopRequest(at_step=6))
   return workdir
 
 
-def stopped_at(workdir, step):
-  with pytest.raises(Preempted):
-    classifier.train_and_evaluate(config(), workdir, stop=StopRequest(at_step=step))
+def copy_of(stopped, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(stopped, workdir)
   return workdir
 
 
@@ -71,9 +73,9 @@ def tree_hash(directory):
 
 
 @pytest.mark.parametrize("how", ["truncated", "bitflip", "missing"])
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_good_one(uninterrupted, tmp_path,
-                                                                       caplog, how):
-  workdir = stopped_at(str(tmp_path), 6)
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_good_one(uninterrupted, stopped,
+                                                                       tmp_path, caplog, how):
+  workdir = copy_of(stopped, tmp_path)
   assert checkpoint_steps(workdir) == [2, 4, 6]
   damage(largest_file(os.path.join(workdir, "checkpoints", "latest", "6")), how)
   with caplog.at_level(logging.WARNING, logger="jaxsynth"):
@@ -87,8 +89,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_good_one(uninterru
     assert json.load(a) == json.load(b)
 
 
-def test_no_good_checkpoint_is_one_error_and_nothing_moves(tmp_path):
-  workdir = stopped_at(str(tmp_path), 4)
+def test_no_good_checkpoint_is_one_error_and_nothing_moves(stopped, tmp_path):
+  workdir = copy_of(stopped, tmp_path)
   for step in checkpoint_steps(workdir):
     damage(largest_file(os.path.join(workdir, "checkpoints", "latest", str(step))), "bitflip")
   before = tree_hash(os.path.join(workdir, "checkpoints"))
@@ -97,9 +99,9 @@ def test_no_good_checkpoint_is_one_error_and_nothing_moves(tmp_path):
   assert tree_hash(os.path.join(workdir, "checkpoints")) == before
 
 
-def test_torn_step_without_checksums_is_skipped(uninterrupted, tmp_path):
+def test_torn_step_without_checksums_is_skipped(uninterrupted, stopped, tmp_path):
   # What a kill in the middle of an old-style deletion leaves: a step directory missing files.
-  workdir = stopped_at(str(tmp_path), 6)
+  workdir = copy_of(stopped, tmp_path)
   step_dir = os.path.join(workdir, "checkpoints", "latest", "6")
   os.remove(os.path.join(step_dir, CHECKSUMS))
   shutil.rmtree(os.path.join(step_dir, "state"))
@@ -107,8 +109,8 @@ def test_torn_step_without_checksums_is_skipped(uninterrupted, tmp_path):
   assert_trees_equal(load_params(workdir, 8), load_params(uninterrupted, 8))
 
 
-def test_damaged_best_is_remade_from_an_earlier_latest(uninterrupted, tmp_path):
-  workdir = stopped_at(str(tmp_path), 6)
+def test_damaged_best_is_remade_from_an_earlier_latest(uninterrupted, stopped, tmp_path):
+  workdir = copy_of(stopped, tmp_path)
   best = checkpoint_steps(workdir, "best")[-1]
   damage(largest_file(os.path.join(workdir, "checkpoints", "best", str(best))), "bitflip")
   classifier.train_and_evaluate(config(), workdir)

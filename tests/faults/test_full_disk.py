@@ -9,7 +9,8 @@ from jaxsynth import files
 from jaxsynth.errors import StorageError
 from jaxsynth.tasks import classifier
 from tests.faults import harness
-from tests.helpers import assert_trees_equal, checkpoint_steps, load_params, tiny_config
+from tests.faults.conftest import tiny_classifier_config
+from tests.helpers import assert_trees_equal, checkpoint_steps, load_params
 
 
 def error_lines(stderr):
@@ -35,10 +36,10 @@ def test_write_past_the_limit_is_one_line_and_the_rerun_finishes(name, limit_kb,
   assert harness.compare(references[name][1], case.outcome(workdir)) == []
 
 
-def test_disk_full_mid_run_keeps_earlier_checkpoints_and_resumes(tmp_path, monkeypatch):
-  full_dir, workdir = str(tmp_path / "full"), str(tmp_path / "run")
-  config = tiny_config(steps=8, train__checkpoint_every=2)
-  classifier.train_and_evaluate(config, full_dir)
+def test_disk_full_mid_run_keeps_earlier_checkpoints_and_resumes(uninterrupted, tmp_path,
+                                                                monkeypatch):
+  full_dir, workdir = uninterrupted, str(tmp_path / "run")
+  config = tiny_classifier_config()
   real_free = files.free_bytes
 
   def free_bytes(path):  # the disk fills up just before the step-6 checkpoint

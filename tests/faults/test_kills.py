@@ -5,12 +5,13 @@ import pytest
 
 from tests.faults import harness
 
-# (case, kills in order on one workdir). Each kill must land (the point is reached).
+# (case, kills in order on one workdir). Each kill must land (the point is reached). The other
+# failpoints, and kills at random instants, are bench/faults.py's (docs/reliability.md).
 KILL_CHAINS = [
     # The kill from issue #9: best of a step saved, latest not (then a half-deleted old step).
-    ("train_classifier", ["point:loop.between_best_and_latest@3", "point:checkpoint.prune@2"]),
+    ("train_classifier", ["point:loop.between_best_and_latest@3"]),
     ("evaluate", ["point:task.before_metrics"]),
-    ("train_diffusion", ["point:checkpoint.save_in_flight@3", "point:checkpoint.before_commit@2"]),
+    ("train_diffusion", ["point:checkpoint.save_in_flight@3"]),
     ("sample", ["point:shard.before_rename@2", "point:manifest.before_rename@3"]),
 ]
 
