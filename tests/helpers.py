@@ -9,6 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default, diffusion
+from jaxsynth import config as config_lib
 
 
 def tiny_config(steps: int = 6, **overrides):
@@ -58,8 +59,7 @@ def tiny_diffusion_config(name: str = "unet", steps: int = 6, **overrides):
 
 def checkpoint_steps(workdir: str, which: str = "latest") -> list[int]:
   """Steps saved under workdir/checkpoints/<which>."""
-  root = os.path.join(workdir, "checkpoints", which)
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit())
+  return config_lib.checkpoint_steps(workdir, which)
 
 
 def load_params(workdir: str, step: int | None = None, which: str = "latest") -> dict:

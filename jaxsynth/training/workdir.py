@@ -22,27 +22,22 @@ from jaxsynth.errors import BusyError, CheckpointError
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_lib.CONFIG_FILE
 METRICS_FILE = "metrics.json"
 RUN_ARTIFACTS = (CONFIG_FILE, METRICS_FILE, "log.jsonl", "predictions.npz", "checkpoints",
                  "tensorboard", "report.md", "samples", "grids")
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes `data` to a temporary file beside `path`, then renames it into place."""
-  files.atomic_write(path, data)
-
-
 def write_json(path: str, obj) -> None:
   """Atomically writes `obj` as indented JSON."""
-  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+  files.atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_npz(path: str, **arrays) -> None:
   """Atomically writes numpy arrays to an .npz file."""
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  atomic_write_bytes(path, buffer.getvalue())
+  files.atomic_write(path, buffer.getvalue())
 
 
 def config_diff(old, new, prefix="") -> list[str]:

@@ -26,6 +26,8 @@ from typing import Callable
 
 import numpy as np
 
+from jaxsynth import config as config_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KILLED = -signal.SIGKILL
 TIMING_KEYS = ("train/steps_per_s", "images_per_s")   # wall-clock figures: never compared
@@ -161,12 +163,6 @@ def _digest_arrays(tree) -> str:
   return digest.hexdigest()
 
 
-def checkpoint_steps(workdir: str, which: str) -> list[int]:
-  """The step directories under workdir/checkpoints/<which>."""
-  root = os.path.join(workdir, "checkpoints", which)
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
-
-
 def checkpoint_digest(workdir: str, which: str, step: int) -> str:
   """SHA-256 over the arrays (names, dtypes, shapes, bytes) of a saved train state."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -195,7 +191,7 @@ def training_outcome(workdir: str) -> dict:
   out = {"metrics.json": _json_file(os.path.join(workdir, "metrics.json")),
          "log.jsonl": _log_lines(workdir)}
   for which in ("latest", "best"):
-    steps = checkpoint_steps(workdir, which)
+    steps = config_lib.checkpoint_steps(workdir, which)
     out[f"{which} steps"] = steps
     for step in steps:
       out[f"{which}/{step}"] = checkpoint_digest(workdir, which, step)
