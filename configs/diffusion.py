@@ -16,6 +16,7 @@ import ml_collections
 
 from jaxsynth.config import base_config
 from jaxsynth.models.denoisers import denoiser_model_config
+from jaxsynth.synthesis.filters import filter_config
 
 VARIANTS = ("unet", "dit", "sample")
 
@@ -83,4 +84,8 @@ def get_config(variant: str | None = None):
   s.clip_x0 = 1.0                   # clip predicted x0 to [-c, c] each step; 0 = off
   s.dtype = ""                      # denoiser compute dtype: "" = as trained | float32 | bfloat16
   #                                   (bfloat16: ~1.9x the images/s of float32 on AVX512-BF16 CPUs)
+  # A filtered sweep (sample.filter.name = classifier | realism | realism_class) keeps drawing fresh
+  # samples for each class until that many are accepted, within max_attempts x its budget:
+  s.filter = filter_config()
+  s.max_attempts = 10.0
   return config

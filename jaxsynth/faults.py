@@ -25,6 +25,7 @@ POINTS = {
     "file.before_rename": "an artifact (metrics, predictions, grid) is written, not renamed",
     "shard.before_rename": "a sweep shard is written to its temporary name, not renamed",
     "manifest.before_rename": "the sweep manifest's new version is written, not renamed",
+    "scores.before_rename": "a filter's scores of one shard are written, not renamed",
 }
 
 _hits: dict[str, int] = {}

@@ -916,6 +916,106 @@ def _(ctx):
   return Bad(sample(ctx, fake), ("checkpoint", "does not match", "model"), reads=(run,))
 
 
+def filter_args(ctx: Ctx, *overrides, variant: str = "classifier") -> list:
+  return ["--config", f"configs/filter.py:{variant}", "--workdir", ctx.workdir,
+          "--config.filter.batch_size=8", *overrides]
+
+
+def finished_sweep(ctx: Ctx, complete: bool = True) -> str:
+  """A sweep of 2 classes at 8x8x1 outside the workdir, its manifest `complete` as given."""
+  directory = write_sweep(ctx.tmp / "sweep" / "samples")
+  manifest = json.load(open(os.path.join(directory, "manifest.json"), encoding="utf-8"))
+  manifest["complete"] = complete
+  with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as f:
+    json.dump(manifest, f)
+  return directory
+
+
+@case("filter_input_missing")
+def _(ctx):
+  return Bad(filter_args(ctx, f"--config.filter.input={ctx.tmp / 'nowhere'}",
+                         f"--config.filter.classifier={ctx.tmp}"),
+             ("config key 'filter.input'", "does not exist"))
+
+
+@case("filter_input_unfinished")
+def _(ctx):
+  directory = finished_sweep(ctx, complete=False)
+  return Bad(filter_args(ctx, f"--config.filter.input={directory}",
+                         f"--config.filter.classifier={ctx.tmp}"),
+             ("is unfinished", "rerun its sample command first"))
+
+
+@case("filter_classifier_missing")
+def _(ctx):
+  return Bad(filter_args(ctx, f"--config.filter.input={finished_sweep(ctx)}",
+                         f"--config.filter.classifier={ctx.tmp / 'nowhere'}"),
+             ("config key 'filter.classifier'", "does not exist",
+              "finished train_classifier --workdir"))
+
+
+@case("filter_classifier_is_a_diffusion_run")
+def _(ctx):
+  run = ctx.diffusion_run()
+  return Bad(filter_args(ctx, f"--config.filter.input={finished_sweep(ctx)}",
+                         f"--config.filter.classifier={run}"),
+             ("is a 'train_diffusion' run, not a train_classifier run",), reads=(run,))
+
+
+@case("filter_classifier_of_other_classes")
+def _(ctx):
+  run = ctx.classifier_run()
+  return Bad(filter_args(ctx, f"--config.filter.input={finished_sweep(ctx)}",
+                         f"--config.filter.classifier={run}"),
+             ("predicts 3 classes but the samples have 2", "same classes"), reads=(run,))
+
+
+@case("filter_features_unknown_form")
+def _(ctx):
+  return Bad(filter_args(ctx, f"--config.filter.input={finished_sweep(ctx)}",
+                         "--config.filter.features=resnet50", variant="realism"),
+             ("feature extractor 'resnet50' is not one of the known forms", "classifier:WORKDIR",
+              "inception:WEIGHTS", "pixels"))
+
+
+@case("filter_features_weights_missing")
+def _(ctx):
+  return Bad(filter_args(ctx, f"--config.filter.input={finished_sweep(ctx)}",
+                         f"--config.filter.features=inception:{ctx.tmp / 'pt_inception.pth'}",
+                         variant="realism"),
+             ("the weights file", "pt_inception.pth does not exist", "give an existing path"))
+
+
+@case("filter_realism_without_real_images")
+def _(ctx):
+  return Bad(filter_args(ctx, f"--config.filter.input={finished_sweep(ctx)}",
+                         "--config.filter.features=pixels", variant="realism"),
+             ("names no generator run", "config key 'filter.real'"))
+
+
+@case("filter_realism_needs_features")
+def _(ctx):
+  return Bad(filter_args(ctx, f"--config.filter.input={finished_sweep(ctx)}",
+                         variant="realism_class"),
+             ("config key 'filter.features'", "classifier:WORKDIR", "inception:WEIGHTS"))
+
+
+@case("sample_filter_without_classifier")
+def _(ctx):
+  run = ctx.diffusion_run()
+  return Bad(sample(ctx, run, "--config.sample.filter.name=classifier"),
+             ("config key 'sample.filter.classifier'", "finished train_classifier"),
+             reads=(run,))
+
+
+@case("sample_filter_of_other_classes")
+def _(ctx):
+  run, judge = ctx.diffusion_run(), ctx.classifier_run()
+  return Bad(sample(ctx, run, "--config.sample.filter.name=classifier",
+                    f"--config.sample.filter.classifier={judge}"),
+             ("predicts 3 classes but the samples have 10",), reads=(run, judge))
+
+
 @case("train_on_checkpoints_of_another_model")
 def _(ctx):
   run = ctx.classifier_run()
@@ -971,5 +1071,5 @@ def test_corpus_covers_at_least_25_kinds_on_every_task():
   names = list(CASES)
   assert len(names) >= 25
   for prefix in ("config_", "npz_", "folder_", "synthetic_", "evaluate_", "diffusion_",
-                 "sample_", "workdir_"):
+                 "sample_", "workdir_", "filter_"):
     assert any(n.startswith(prefix) for n in names), prefix

@@ -34,6 +34,7 @@ from jaxsynth.errors import DataError
 MANIFEST = "manifest.json"
 SAMPLES_DIR = "samples"
 REQUIRED_KEYS = ("num_classes", "image_shape", "shards")
+QUARANTINE = "quarantine"   # damaged shards are moved here, out of the sweep
 
 
 def shard_filename(shard_id: int) -> str:
@@ -53,6 +54,19 @@ def samples_dir(path: str) -> str:
                     f"workdir of a sampling run or to its {SAMPLES_DIR}/ folder")
   raise DataError(f"no {MANIFEST} in {path} or {nested}: set data.path to a workdir of a "
                   f"finished sampling run or to its {SAMPLES_DIR}/ folder")
+
+
+def quarantine(directory: str, path: str) -> str:
+  """Moves a damaged shard to `directory/quarantine/` (kept for inspection); returns where."""
+  target_dir = os.path.join(directory, QUARANTINE)
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, os.path.basename(path))
+  k = 1
+  while os.path.exists(target):
+    k += 1
+    target = os.path.join(target_dir, f"{os.path.basename(path)}.{k}")
+  os.rename(path, target)
+  return target
 
 
 def write_shard(directory: str, shard_id: int, images, labels, index,

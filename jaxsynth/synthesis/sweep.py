@@ -23,6 +23,7 @@ import numpy as np
 from jaxsynth import files
 from jaxsynth.data import synthetic_format
 from jaxsynth.errors import CheckpointError, ConfigError, DataError
+from jaxsynth.synthesis import filters
 from jaxsynth.training import parallel
 from jaxsynth.training.loop import Preempted, StopRequest, handle_signals
 from jaxsynth.training.writers import Progress
@@ -30,11 +31,14 @@ from jaxsynth.training.writers import Progress
 log = logging.getLogger(__name__)
 
 BUDGETS = ("counts", "balance", "ratio")
-QUARANTINE = "quarantine"   # damaged shards are moved here, out of the sweep
+QUARANTINE = synthetic_format.QUARANTINE
+ROUNDS_DIR = "candidates"   # a filtered sweep's rounds of candidates: candidates/round-RRR/
 PLAN_FILE = "plan.json"     # the sweep's plan, written once at its start (never rewritten)
 # The manifest keys that fix which samples a sweep draws, recorded in plan.json.
 PLAN_KEYS = ("num_classes", "image_shape", "counts", "total", "shard_size", "seed", "run_dir",
              "checkpoint", "compute_dtype", "sampler", "schedule", "label_order")
+# Plan keys added later, with the value a plan recorded before them has.
+OPTIONAL_PLAN_KEYS = {"first_index": 0, "filter": None}
 
 
 def largest_remainder(total: int, weights) -> np.ndarray:
@@ -102,17 +106,23 @@ def to_uint8(images, mean, std) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """The fixed sample list of a sweep and its split into shards."""
-  labels: np.ndarray      # (N,) label of each global sample index
+  labels: np.ndarray      # (N,) label of each sample, in order
   shard_size: int
+  first_index: int = 0    # global index of the first sample (a filtered sweep's later rounds)
 
   @property
   def num_shards(self) -> int:
     return -(-len(self.labels) // self.shard_size)
 
   def shard_range(self, k: int) -> tuple[int, int]:
-    """[start, stop) global indices of shard k."""
+    """[start, stop) positions in `labels` of shard k."""
     k = int(k)
     return k * self.shard_size, min((k + 1) * self.shard_size, len(self.labels))
+
+  def global_range(self, k: int) -> tuple[int, int]:
+    """[start, stop) global sample indices of shard k."""
+    start, stop = self.shard_range(k)
+    return start + self.first_index, stop + self.first_index
 
   def entry(self, k: int) -> dict:
     """The manifest entry of shard k."""
@@ -151,7 +161,8 @@ def previous_plan(directory: str) -> dict | None:
       with open(path, encoding="utf-8") as f:
         recorded = json.load(f)
       if isinstance(recorded, dict) and all(k in recorded for k in PLAN_KEYS):
-        return {k: recorded[k] for k in PLAN_KEYS}
+        return {**{k: recorded[k] for k in PLAN_KEYS},
+                **{k: recorded.get(k, v) for k, v in OPTIONAL_PLAN_KEYS.items()}}
       log.warning("%s lacks the sweep plan's keys; trying the next record", path)
     except (OSError, ValueError) as e:
       log.warning("%s is damaged (%s); trying the next record", path, str(e)[:100])
@@ -166,8 +177,9 @@ def check_same_plan(previous: dict | None, header: dict, directory: str) -> None
   """Raises DataError when the sweep in `directory` was started with another plan."""
   if previous is None:
     return
-  now = json.loads(json.dumps({k: header[k] for k in PLAN_KEYS}))
-  changed = [k for k in PLAN_KEYS if previous.get(k) != now[k]]
+  keys = PLAN_KEYS + tuple(OPTIONAL_PLAN_KEYS)
+  now = json.loads(json.dumps({k: header.get(k, OPTIONAL_PLAN_KEYS.get(k)) for k in keys}))
+  changed = [k for k in keys if previous.get(k) != now[k]]
   if changed:
     raise DataError(f"the sweep in {directory} was started with another plan ("
                     + "; ".join(f"{k}: {previous.get(k)!r} -> {now[k]!r}" for k in changed[:3])
@@ -241,30 +253,19 @@ def finished_shards(directory: str, plan: Plan, owned: list[int], image_shape,
         raise DataError(f"shard {path} is damaged: its bytes are not the encoding of its "
                         "arrays")
     except DataError as e:
-      log.warning("%s; moved to %s, drawing it again", e, _quarantine(directory, path))
+      log.warning("%s; moved to %s, drawing it again", e,
+                  synthetic_format.quarantine(directory, path))
       continue
     start, stop = plan.shard_range(k)
-    if not (np.array_equal(index, np.arange(start, stop))
+    if not (np.array_equal(index, np.arange(*plan.global_range(k)))
             and np.array_equal(labels, plan.labels[start:stop])):
       raise DataError(f"shard {path} does not hold samples "
-                      f"{start}..{stop - 1} of this sweep's plan: the sweep settings changed; "
+                      f"{plan.first_index + start}..{plan.first_index + stop - 1} of this "
+                      "sweep's plan: the sweep settings changed; "
                       "rerun with --overwrite or choose another --workdir")
     done[k] = 1
     digests[k] = digest
   return done, digests
-
-
-def _quarantine(directory: str, path: str) -> str:
-  """Moves a damaged shard to `directory/quarantine/` (kept for inspection); returns where."""
-  target_dir = os.path.join(directory, QUARANTINE)
-  os.makedirs(target_dir, exist_ok=True)
-  target = os.path.join(target_dir, os.path.basename(path))
-  k = 1
-  while os.path.exists(target):
-    k += 1
-    target = os.path.join(target_dir, f"{os.path.basename(path)}.{k}")
-  os.rename(path, target)
-  return target
 
 
 def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, directory: str, *,
@@ -291,7 +292,7 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
   pending = [k for k in owned if not done[k]]
   # This process's queue of (shard, global index); every process runs the same number of
   # batches (the most any needs), padding its slice once its queue is empty.
-  queue = [(k, i) for k in pending for i in range(*plan.shard_range(k))]
+  queue = [(k, i) for k in pending for i in range(*plan.global_range(k))]
   num_batches = int(_allgather_max(np.array([-(-len(queue) // local_batch)]))[0])
   sharding = parallel.batch_sharding(mesh)
   total = len(plan.labels)
@@ -313,16 +314,18 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
                                                   "complete": complete})
 
   if pid == 0 and _plan_file_missing(directory):
+    recorded = {k: manifest[k] for k in PLAN_KEYS}
+    recorded.update({k: manifest.get(k, v) for k, v in OPTIONAL_PLAN_KEYS.items()})
     files.atomic_write(os.path.join(directory, PLAN_FILE),
-                       json.dumps({k: manifest[k] for k in PLAN_KEYS}, indent=2,
-                                  sort_keys=True).encode("utf-8"))
+                       json.dumps(recorded, indent=2, sort_keys=True).encode("utf-8"))
   write_manifest(bool(done.all()))
   with handle_signals(stop):
     for b in range(num_batches):
       chunk = queue[b * local_batch:(b + 1) * local_batch]
       valid = len(chunk)
-      index = np.array([i for _, i in chunk] + [0] * (local_batch - valid), np.int32)
-      labels = plan.labels[index].astype(np.int32)
+      index = np.array([i for _, i in chunk] + [plan.first_index] * (local_batch - valid),
+                       np.int32)
+      labels = plan.labels[index - plan.first_index].astype(np.int32)
       batch = parallel.to_global({"labels": labels, "index": index}, sharding)
       images = to_uint8(_local_rows(sampler(params, batch["labels"], batch["index"], root_key)),
                         mean, std)
@@ -352,3 +355,75 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
                           f"{np.flatnonzero(done == 0).tolist()[:10]}: rerun to finish them")
   return {**manifest, "shards": entries(), "complete": True,
           "images_per_s": progress.rate(total)}
+
+
+def round_dir(workdir: str, r: int) -> str:
+  """The directory of round `r`'s candidates in a filtered sweep."""
+  return os.path.join(workdir, ROUNDS_DIR, f"round-{int(r):03d}")
+
+
+def next_round_counts(budget, attempted, accepted, max_attempts: float) -> np.ndarray:
+  """Candidates per class for the next round of a filtered sweep (0 where done or capped).
+
+  Each class short of its budget draws its deficit over its acceptance rate so far (Laplace's
+  (accepted + 1) / (attempted + 2), so a class never accepted still draws), times 1.2 so one
+  round usually suffices, within the cap of max_attempts x budget attempts.
+  """
+  budget, attempted, accepted = (np.asarray(a, np.int64) for a in (budget, attempted, accepted))
+  deficit = np.maximum(budget - accepted, 0)
+  rate = (accepted + 1) / (attempted + 2)
+  want = np.ceil(1.2 * deficit / rate).astype(np.int64)
+  room = np.maximum(np.ceil(max_attempts * budget).astype(np.int64) - attempted, 0)
+  return np.where(deficit > 0, np.minimum(want, room), 0)
+
+
+def run_filtered_sweep(sampler: Callable, params, root_key: jax.Array, budget, workdir: str,
+                       scorer, *, shard_size: int, batch_size: int, mesh, mean, std,
+                       manifest: dict, max_attempts: float,
+                       stop: StopRequest | None = None) -> dict:
+  """Draws candidates in rounds until every class has `budget` accepted samples (or its cap).
+
+  Round 0 is the plain sweep of `budget`; round r+1 draws fresh global indices (after every
+  earlier round's) for the classes still short, sized by `next_round_counts`. Each round is a
+  plain, resumable sweep in candidates/round-RRR/, scored once (its scores/ folder). The
+  accepted set is, per class, the first budget[c] accepted candidates in global-index order,
+  written to WORKDIR/samples by filters.write_accepted: it depends on the plan and the filter
+  only, not on the batch size, device count or where a killed run resumed.
+  """
+  budget = np.asarray(budget, np.int64)
+  num_classes = budget.size
+  attempted, accepted = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
+  counts, first, rounds = budget, 0, []
+  while counts.sum() > 0:
+    r = len(rounds)
+    directory = round_dir(workdir, r)
+    plan = Plan(label_order(counts), shard_size, first_index=first)
+    header = {**manifest, "counts": counts.tolist(), "total": int(counts.sum()),
+              "first_index": first, "round": r}
+    check_same_plan(previous_plan(directory), header, directory)
+    log.info("filtered sweep round %d: %d candidates (per class %s) from index %d", r,
+             int(counts.sum()), counts.tolist(), first)
+    run_sweep(sampler, params, root_key, plan, directory, batch_size=batch_size, mesh=mesh,
+              mean=mean, std=std, manifest=header, stop=stop)
+    scores = filters.score_sweep(directory, scorer, os.path.join(directory, filters.SCORES_DIR))
+    rounds.append((directory, scores))
+    attempted += np.bincount(scores["labels"], minlength=num_classes)
+    accepted += np.bincount(scores["labels"][scores["accept"]], minlength=num_classes)
+    first += int(counts.sum())
+    counts = next_round_counts(budget, attempted, accepted, max_attempts)
+  labels, accept, index = (np.concatenate([s[key] for _, s in rounds])
+                           for key in ("labels", "accept", "index"))
+  keep = filters.keep_mask(labels, accept, index, budget)
+  report = filters.acceptance(labels, accept, keep, num_classes,
+                              manifest.get("class_names") or (), budget)
+  report.update(rounds=len(rounds), max_attempts=float(max_attempts))
+  short = [name for name, c in report["per_class"].items() if not c["met"]]
+  if short:
+    log.warning("filtered sweep: classes %s stayed short of their budget after %s x budget "
+                "attempts (sample.max_attempts); see the manifest's acceptance", short,
+                max_attempts)
+  bounds = np.cumsum([0] + [len(s["labels"]) for _, s in rounds])
+  keeps = [keep[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+  header = {**manifest, "acceptance": report}
+  return filters.write_accepted(os.path.join(workdir, synthetic_format.SAMPLES_DIR), rounds,
+                                keeps, shard_size, header)

@@ -10,6 +10,7 @@ TASKS = {
     "evaluate": "jaxsynth.tasks.classifier:evaluate",
     "train_diffusion": "jaxsynth.tasks.diffusion:train_diffusion",
     "sample": "jaxsynth.tasks.sample:sample",
+    "filter": "jaxsynth.tasks.filter:filter_sweep",
 }
 
 

@@ -58,6 +58,15 @@ def check_inputs(config) -> dict:
   if task == "train_diffusion":
     splits = ["train"] + (["val"] if config.diffusion.val_batches > 0 else [])
     return {"data": check_data(config.data, splits, config.seed, every_class=False)}
+  if task == "filter":
+    from jaxsynth.synthesis.filters import check_filter_config  # pylint: disable=import-outside-toplevel
+    from jaxsynth.tasks.filter import input_sweep  # pylint: disable=import-outside-toplevel
+    check_filter_config(config.filter, "filter", require=True)
+    input_sweep(config, ".")
+    return {}
+  if task == "sample":
+    from jaxsynth.synthesis.filters import check_filter_config  # pylint: disable=import-outside-toplevel
+    check_filter_config(config.sample.filter, "sample.filter")
   if task == "sample" and config.sample.run_dir:
     run_dir = config.sample.run_dir
     trained = config_lib.read_run_config(run_dir, "train_diffusion", "sample.run_dir")

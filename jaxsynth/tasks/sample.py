@@ -23,7 +23,7 @@ from jaxsynth.diffusion.samplers import SAMPLERS, SPACINGS, make_sampler
 from jaxsynth.diffusion.schedules import make_schedule
 from jaxsynth.errors import CheckpointError, ConfigError
 from jaxsynth.models.denoisers import DTYPES, make_denoiser
-from jaxsynth.synthesis import sweep
+from jaxsynth.synthesis import filters, sweep
 from jaxsynth.tasks import diffusion
 from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
@@ -56,6 +56,10 @@ def check_config(config, workdir: str) -> None:
   if s.cfg_scale < 0 or s.eta < 0 or s.clip_x0 < 0:
     raise _bad("cfg_scale", (s.cfg_scale, s.eta, s.clip_x0),
                "cfg_scale, eta and clip_x0 must be >= 0 (0 = off)")
+  filters.check_filter_config(s.filter, "sample.filter")
+  if s.max_attempts < 1:
+    raise _bad("max_attempts", s.max_attempts, "use a number >= 1 (attempts per class, as a "
+               "multiple of its budget)")
 
 
 def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
@@ -117,8 +121,11 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   plan = sweep.Plan(sweep.label_order(counts), int(config.sample.shard_size))
   mesh = parallel.make_mesh(config.mesh)
 
-  # A resumed sweep keeps the checkpoint step it started with, even if training went on.
-  previous = None if overwrite else sweep.previous_plan(directory)
+  # A resumed sweep keeps the checkpoint step it started with, even if training went on; a
+  # filtered sweep's plan is its first round's.
+  filtered = bool(config.sample.filter.name)
+  plan_dir = sweep.round_dir(workdir, 0) if filtered else directory
+  previous = None if overwrite else sweep.previous_plan(plan_dir)
   # The compute dtype may differ from training's: parameters are float32 either way.
   model_cfg = ml_collections.ConfigDict(run.model.to_dict())
   model_cfg.dtype = config.sample.dtype or model_cfg.dtype
@@ -142,18 +149,39 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
       "sampler": options,
       "schedule": {"name": d.schedule, "num_timesteps": int(d.num_timesteps)},
       "label_order": "interleaved", "config": json.loads(config_lib.to_json(config)),
+      "filter": filters.settings(s.filter) if filtered else None,
   }
-  sweep.check_same_plan(previous, manifest, directory)
+  sweep.check_same_plan(previous, manifest, plan_dir)
+  scorer = None
+  if filtered:  # the judge loads (and is checked) before anything is written
+    scorer = filters.build_scorer(
+        s.filter, num_classes, image_shape,
+        filters.real_images(s.filter, run.data, run.seed, image_shape),
+        os.path.join(workdir, filters.CACHE_DIR), mesh)
   workdir_lib.prepare(workdir, config, overwrite)
   log.info("sweep of %d samples (per class %s) from %s step %d into %s", plan.labels.size,
            counts.tolist(), config.sample.run_dir, step, directory)
   mean, std = augment.normalisation(run.data)
-  result = sweep.run_sweep(sampler, params, jax.random.PRNGKey(config.seed), plan, directory,
-                           batch_size=int(s.batch_size), mesh=mesh, mean=mean, std=std,
-                           manifest=manifest, stop=stop)
-  metrics = {"samples": int(counts.sum()), "counts": counts.tolist(),
-             "shards": plan.num_shards, "checkpoint": manifest["checkpoint"],
-             "images_per_s": result["images_per_s"]}
+  root_key = jax.random.PRNGKey(config.seed)
+  if filtered:
+    result = sweep.run_filtered_sweep(
+        sampler, params, root_key, counts, workdir, scorer, shard_size=plan.shard_size,
+        batch_size=int(s.batch_size), mesh=mesh, mean=mean, std=std, manifest=manifest,
+        max_attempts=float(s.max_attempts), stop=stop)
+    if jax.process_index() == 0:
+      filters.write_report(workdir, result, [sweep.round_dir(workdir, r)
+                                             for r in range(result["acceptance"]["rounds"])])
+    kept = [c["kept"] for c in result["acceptance"]["per_class"].values()]
+    metrics = {"samples": int(sum(kept)), "counts": kept, "budget": counts.tolist(),
+               "shards": len(result["shards"]), "checkpoint": manifest["checkpoint"],
+               "acceptance": result["acceptance"]}
+  else:
+    result = sweep.run_sweep(sampler, params, root_key, plan, directory,
+                             batch_size=int(s.batch_size), mesh=mesh, mean=mean, std=std,
+                             manifest=manifest, stop=stop)
+    metrics = {"samples": int(counts.sum()), "counts": counts.tolist(),
+               "shards": plan.num_shards, "checkpoint": manifest["checkpoint"],
+               "images_per_s": result["images_per_s"]}
   if jax.process_index() == 0:
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), metrics)
   return metrics

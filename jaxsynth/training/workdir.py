@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = config_lib.CONFIG_FILE
 METRICS_FILE = "metrics.json"
 RUN_ARTIFACTS = (CONFIG_FILE, METRICS_FILE, "log.jsonl", "predictions.npz", "checkpoints",
-                 "tensorboard", "report.md", "samples", "grids")
+                 "tensorboard", "report.md", "samples", "grids", "candidates", "scores",
+                 "filter_cache", "filter_report.json", "plots")
 
 
 def write_json(path: str, obj) -> None:

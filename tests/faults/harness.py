@@ -59,6 +59,21 @@ def sample_args(run_dir: str) -> tuple[str, ...]:
           "--config.sample.batch_size=4")
 
 
+def filtered_sample_args(run_dir: str, classifier_dir: str) -> tuple[str, ...]:
+  """The small sweep, kept by the classifier filter of `classifier_dir`, topped up in rounds."""
+  return sample_args(run_dir) + ("--config.sample.filter.name=classifier",
+                                 f"--config.sample.filter.classifier={classifier_dir}",
+                                 "--config.sample.filter.batch_size=16",
+                                 "--config.sample.max_attempts=4")
+
+
+def filter_args(sweep_dir: str, classifier_dir: str) -> tuple[str, ...]:
+  """The class-based realism filter of a finished sweep, on the classifier's features."""
+  return ("--config", "configs/filter.py:realism_class", f"--config.filter.input={sweep_dir}",
+          f"--config.filter.features=classifier:{classifier_dir}",
+          "--config.filter.batch_size=16")
+
+
 def evaluate_args(run_dir: str) -> tuple[str, ...]:
   """Evaluation of the classifier run in `run_dir` (its own config's model and data keys)."""
   return CLASSIFIER_ARGS + ("--config.task=evaluate", f"--config.evaluate.run_dir={run_dir}",
@@ -224,6 +239,17 @@ def sweep_outcome(workdir: str) -> dict:
   return out
 
 
+def filtered_outcome(workdir: str) -> dict:
+  """What a filtered set must end with: the sweep outcome, the report and its plots."""
+  out = sweep_outcome(workdir)
+  out["filter_report.json"] = _json_file(os.path.join(workdir, "filter_report.json"))
+  for path in sorted(glob.glob(os.path.join(workdir, "plots", "*.png"))
+                     + glob.glob(os.path.join(workdir, "candidates", "*", "shard-*.npz"))):
+    with open(path, "rb") as f:
+      out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
 def sample_accounting(outcome: dict, total: int) -> dict:
   """Samples lost (never written) and duplicated (written twice) in a sweep outcome."""
   index = np.asarray(outcome.get("index", []), np.int64)
@@ -270,6 +296,19 @@ CASES = {
         "sample", lambda inputs: sample_args(inputs["train_diffusion"]), sweep_outcome,
         ("shard.before_rename", "manifest.before_rename", "file.before_rename"),
         needs=("train_diffusion",), samples=60),
+    "filtered_sample": TaskCase(
+        "filtered_sample",
+        lambda inputs: filtered_sample_args(inputs["train_diffusion"], inputs["train_classifier"]),
+        filtered_outcome,
+        ("shard.before_rename", "manifest.before_rename", "scores.before_rename",
+         "file.before_rename"),
+        needs=("train_diffusion", "train_classifier")),
+    "filter": TaskCase(
+        "filter", lambda inputs: filter_args(inputs["sample"], inputs["train_classifier"]),
+        filtered_outcome,
+        ("scores.before_rename", "shard.before_rename", "manifest.before_rename",
+         "file.before_rename"),
+        needs=("sample", "train_classifier")),
 }
 
 

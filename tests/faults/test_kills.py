@@ -13,6 +13,10 @@ KILL_CHAINS = [
     ("evaluate", ["point:task.before_metrics"]),
     ("train_diffusion", ["point:checkpoint.save_in_flight@3"]),
     ("sample", ["point:shard.before_rename@2", "point:manifest.before_rename@3"]),
+    # A filtered sweep killed mid-round, then while scoring; the filter task while scoring,
+    # then while writing the accepted set.
+    ("filtered_sample", ["point:shard.before_rename@5", "point:scores.before_rename@2"]),
+    ("filter", ["point:scores.before_rename@3", "point:shard.before_rename@1"]),
 ]
 
 
