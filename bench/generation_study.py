@@ -84,6 +84,9 @@ def main(argv=None):
   parser.add_argument("--cfg", type=float, default=2.0)
   parser.add_argument("--batch", type=int, default=64)
   args = parser.parse_args(argv)
+  for run in (args.diffusion, args.classifier):
+    if not os.path.exists(os.path.join(run, "metrics.json")):
+      raise SystemExit(f"{run} is not finished (no metrics.json): finish its training first")
   features = f"classifier:{os.path.abspath(args.classifier)}"
   counts = f"({args.counts},)"
   sweep_dir = os.path.join(args.runs, "sweep")

@@ -14,7 +14,7 @@ import pytest
 
 from jaxsynth.data import synthetic_format
 from jaxsynth.data.sources.synthetic import SyntheticSource
-from jaxsynth.errors import ConfigError
+from jaxsynth.errors import ConfigError, DataError
 from jaxsynth.models.registry import make_classifier
 from jaxsynth.synthesis import filters, sweep
 from jaxsynth.tasks import classifier
@@ -267,3 +267,28 @@ def test_filter_config_errors_name_the_key(tmp_path):
   f.name = "sharpness"
   with pytest.raises(ConfigError, match="classifier, realism, realism_class"):
     filters.check_filter_config(f, "sample.filter")
+
+
+def test_relative_paths_damaged_scores_and_a_class_without_real_images(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  images, labels = random_samples(20, seed=3)
+  write_sweep("sweep/samples", images, labels % 3)
+  real = np.random.default_rng(4).integers(0, 256, (30, 8, 8, 1), dtype=np.uint8)
+  np.savez("real.npz", images=real, labels=np.arange(30) % 3)
+  config = filter_config(variant="realism", input="sweep", features="pixels", real="real.npz")
+  filter_sweep(config, "out")  # an input beside --workdir, given relative to the cwd
+  first = sweep_bytes("out")
+  # A damaged score file is scored again, and the filtered set comes out the same.
+  score_file = tmp_path / "out" / "scores" / "shard-00001.npz"
+  data = bytearray(score_file.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  score_file.write_bytes(bytes(data))
+  os.remove(tmp_path / "out" / "metrics.json")
+  filter_sweep(config, "out")
+  assert sweep_bytes("out") == first
+  # Class-based realism cannot judge class 1 when the real set has none of it.
+  np.savez("real_without_1.npz", images=real[:20], labels=np.arange(20) % 2 * 2)
+  with pytest.raises(DataError, match=r"class\(es\) \[1\].*filter.name=realism"):
+    filter_sweep(filter_config(variant="realism_class", input="sweep", features="pixels",
+                               real="real_without_1.npz"), "out_class")
+  assert not os.path.exists("out_class/config.json")

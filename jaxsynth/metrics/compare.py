@@ -74,8 +74,14 @@ def _stats_fid(stats: dict, other, other_features, per_class: bool, class_names)
   out["fid_reliable"] = bool(min(n_stats or math.inf, len(other_features)) > dim)
   if per_class and other.labels is not None:
     for c, (cmu, csigma, count) in (stats.get("per_class") or {}).items():
-      rows = other.labels == int(c)
-      name = class_names[int(c)] if int(c) < len(class_names) else str(c)
+      if not isinstance(c, int):  # a class saved by name
+        if c not in class_names:
+          raise DataError(f"the saved statistics name class {c!r}, which is not among the "
+                          f"other set's classes {list(class_names)}: use statistics of the "
+                          "same classes")
+        c = class_names.index(c)
+      rows = other.labels == c
+      name = class_names[c] if c < len(class_names) else str(c)
       if rows.sum() < 2:
         out[f"per_class.{name}.fid"] = None
         continue
@@ -238,6 +244,11 @@ def main(argv=None) -> int:
                         f"{','.join(FAMILIES)}")
     if args.k < 1:
       raise ConfigError(f"--k {args.k}: use a positive integer, e.g. 3")
+    if args.kid_subsets < 1 or args.kid_subset_size < 2:
+      raise ConfigError(f"--kid-subsets {args.kid_subsets} --kid-subset-size "
+                        f"{args.kid_subset_size}: use at least 1 subset of at least 2 samples")
+    if args.batch_size < 1:
+      raise ConfigError(f"--batch-size {args.batch_size}: use a positive integer")
     report = compare_sets(args.a, args.b, features=args.features, split=args.split,
                           per_class=args.per_class, per_group=args.per_group,
                           save_stats=args.save_stats, k=args.k, kid_subsets=args.kid_subsets,

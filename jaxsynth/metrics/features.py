@@ -160,6 +160,16 @@ def _pixels(arg: str, mesh, batch: int) -> Extractor:
                    {"extractor": name})
 
 
+def _tree_digest(tree) -> str:
+  """SHA-256 over a pytree's leaf paths and bytes: which weights an extractor holds."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
 def pixel_dim(extractor: Extractor, image_shape) -> int:
   """The feature dimension the pixels extractor gives for images of `image_shape`."""
   h, w, c = image_shape
@@ -203,7 +213,7 @@ def _classifier_classes(run_dir: str) -> int:
 def _classifier(run_dir: str, mesh, batch: int) -> Extractor:
   # pylint: disable=import-outside-toplevel  (models and checkpoints load only when asked)
   from jaxsynth.models.registry import make_classifier
-  from jaxsynth.recipes.losses import num_outputs, probabilities
+  from jaxsynth.models import heads
   from jaxsynth.training import train_state
   from jaxsynth.training.checkpoint import Checkpointer
   from jaxsynth.training.optim import make_optimizer
@@ -211,7 +221,8 @@ def _classifier(run_dir: str, mesh, batch: int) -> Extractor:
   trained = finished_classifier(run_dir)
   config = ml_collections.ConfigDict(trained)
   num_classes = _classifier_classes(run_dir)
-  model = make_classifier(config.model, num_outputs(config, num_classes))
+  recipe = config.get("recipe", {}).get("name", "ce")
+  model = make_classifier(config.model, heads.num_outputs(recipe, num_classes))
   size, channels = int(config.data.image_size), int(config.data.get("channels", 0))
   if not size or not channels:
     from jaxsynth.data.sources import open_source
@@ -228,7 +239,7 @@ def _classifier(run_dir: str, mesh, batch: int) -> Extractor:
     checkpointer.close()
   params = state.ema_params if config.train.ema_decay > 0 else state.params
   mean, std = augment.normalisation(config.data, channels)
-  probs_fn = probabilities(config)
+  probs_fn = heads.probabilities(recipe)
   mean_j, inv_std = jnp.asarray(mean, jnp.float32), jnp.asarray(1.0 / std, jnp.float32)
 
   def prepare(images):
@@ -246,7 +257,8 @@ def _classifier(run_dir: str, mesh, batch: int) -> Extractor:
   dim = int(jax.eval_shape(lambda v, x: forward(v, x)["features"], variables,
                            jax.ShapeDtypeStruct((1, *shape), jnp.uint8)).shape[-1])
   name = f"classifier:{os.path.abspath(run_dir)}"
-  identity = {"extractor": name, "checkpoint": which, "step": int(meta["step"])}
+  identity = {"extractor": name, "checkpoint": which, "step": int(meta["step"]),
+              "params_sha256": _tree_digest(variables)}
   log.debug("features: %s (%s checkpoint, step %d), %d-d at %s", name, which, meta["step"],
             dim, shape)
   return Extractor(name, "classifier", dim, prepare, _jit_forward(forward, mesh), variables,

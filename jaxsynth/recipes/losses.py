@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from jaxsynth.errors import ConfigError
+from jaxsynth.models import heads
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -186,23 +187,10 @@ def make_loss(config, class_counts, num_classes: int) -> LossFn:
 
 
 def num_outputs(config, num_classes: int) -> int:
-  """Logits the classifier head needs: one for `bce` (two classes only), else one per class."""
-  if _check_name(config) != "bce":
-    return num_classes
-  if num_classes != 2:
-    raise ConfigError(f"config key 'recipe.name' has bad value 'bce': binary cross-entropy "
-                      f"needs 2 classes, the data has {num_classes}; use ce (or another "
-                      "softmax recipe) for more than two classes")
-  return 1
+  """Logits the classifier head of `config.recipe.name` needs (models/heads.py)."""
+  return heads.num_outputs(_check_name(config), num_classes)
 
 
 def probabilities(config) -> Callable[[jax.Array], jax.Array]:
-  """Logits -> (N, num_classes) probabilities: softmax, or [1 - sigmoid, sigmoid] for `bce`."""
-  if config.recipe.name == "bce":
-
-    def binary(logits):
-      p1 = jax.nn.sigmoid(logits.astype(jnp.float32)[:, 0])
-      return jnp.stack([1.0 - p1, p1], axis=-1)
-
-    return binary
-  return lambda logits: jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  """Logits -> (N, num_classes) probabilities for `config.recipe.name` (models/heads.py)."""
+  return heads.probabilities(config.recipe.name)

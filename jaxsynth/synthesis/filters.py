@@ -125,13 +125,18 @@ class Scorer:
 
 
 def build_scorer(f, num_classes: int, image_shape, real_images: Callable, cache_dir: str,
-                 mesh) -> Scorer:
-  """The filter `f` for samples of `num_classes` classes; `real_images()` gives the real
-  ImageSet (only the realism filters call it, and only when their cache misses)."""
+                 mesh, classes=None) -> Scorer:
+  """The filter `f` for samples of `num_classes` classes, loaded and checked: the judge, and
+  for the realism filters the real features and radii (`real_images()` gives the real
+  ImageSet; its features are cached in `cache_dir`). `classes`: those it will judge (all)."""
   # pylint: disable=import-outside-toplevel  (jax and the networks load only when filtering)
   from jaxsynth.metrics import features as features_lib
   from jaxsynth.metrics import generation
   chosen = settings(f)
+  devices = mesh.devices.size
+  if f.batch_size % devices:
+    raise ConfigError(f"config key 'filter.batch_size' = {f.batch_size} must be a multiple of "
+                      f"the {devices} devices")
   if f.name == "classifier":
     judge = features_lib.make_extractor(f"classifier:{f.classifier}", mesh, f.batch_size)
     probe = judge.outputs(np.zeros((1, *image_shape), np.uint8))["probs"]
@@ -141,6 +146,8 @@ def build_scorer(f, num_classes: int, image_shape, real_images: Callable, cache_
     minimum = np.float32(f.min_confidence)
 
     def score_classifier(images, labels):
+      # DiffuPT's rule: the classifier's argmax is the intended class (a binary run's tuned
+      # evaluation threshold is not used).
       probs = judge.outputs(images, progress=True)["probs"]
       intended = probs[np.arange(len(labels)), labels]
       accept = (np.argmax(probs, axis=-1) == labels) & (intended >= minimum)
@@ -150,17 +157,20 @@ def build_scorer(f, num_classes: int, image_shape, real_images: Callable, cache_
 
   extractor = features_lib.make_extractor(chosen["features"], mesh, f.batch_size)
   per_class = f.name == "realism_class"
-  cache: dict = {}
-
-  def real():
-    if not cache:
-      cache.update(_real_features(extractor, real_images, int(f.k), cache_dir, image_shape,
-                                  num_classes))
-    return cache
+  ref = _real_features(extractor, real_images, int(f.k), cache_dir, image_shape)
+  if per_class:
+    counts = np.bincount(ref["labels"], minlength=num_classes)[:num_classes]
+    few = [int(c) for c in (range(num_classes) if classes is None else classes)
+           if counts[c] <= f.k]
+    if ref["unlabelled"] or few:
+      what = ("has no labels" if ref["unlabelled"] else
+              f"has <= k = {f.k} images of class(es) {few}")
+      raise DataError(f"the real set {ref['name']} {what}, so the class-based realism score "
+                      "cannot judge those samples: use filter.name=realism, a labelled real "
+                      "set with every class, or a smaller filter.k")
 
   def score_realism(images, labels):
     fake = extractor.features(images, progress=True)
-    ref = real()
     scores = np.zeros(len(labels), np.float64)
     if not per_class:
       scores[:] = generation.realism_scores(ref["features"], fake, real_radii=ref["radii"],
@@ -168,15 +178,14 @@ def build_scorer(f, num_classes: int, image_shape, real_images: Callable, cache_
     else:
       for c in np.unique(labels):
         rows, mine = labels == c, ref["labels"] == c
-        if mine.sum() == 0:
-          continue  # no real image of this class: nothing to be realistic against (R = 0)
         scores[rows] = generation.realism_scores(ref["features"][mine], fake[rows],
                                                  real_radii=ref["class_radii"][mine],
                                                  keep_fraction=float(f.real_fraction))
     # R = inf (a sample on a real point) stays accepted; scores are stored as float32.
     return scores.astype(np.float32), scores >= float(f.threshold)
 
-  return Scorer(chosen, score_realism, {**extractor.identity, "k": int(f.k)})
+  return Scorer(chosen, score_realism, {**extractor.identity, "k": int(f.k),
+                                        "real": ref["digest"]})
 
 
 def real_images(f, data_cfg, seed: int, image_shape) -> Callable:
@@ -205,25 +214,26 @@ def _digest(*parts) -> str:
   return h.hexdigest()[:16]
 
 
-def _real_features(extractor, real_images: Callable, k: int, cache_dir: str, image_shape,
-                   num_classes: int) -> dict:
-  """Real features, labels and k-NN radii (overall and within class), cached on disk."""
+def _real_features(extractor, real_images: Callable, k: int, cache_dir: str,
+                   image_shape) -> dict:
+  """Real features, labels and k-NN radii (overall and within each class), cached on disk."""
   from jaxsynth.metrics import generation  # pylint: disable=import-outside-toplevel
   real = real_images()
-  if real.images.shape[1:] != tuple(image_shape) and extractor.kind == "pixels" \
-      and extractor.name == "pixels":
+  if real.images.shape[1:] != tuple(image_shape) and extractor.name == "pixels":
     raise DataError(f"the real images {real.name} are {real.images.shape[1:]} but the samples "
                     f"{tuple(image_shape)}: use pixels:SIZE features to compare them")
   labels = np.zeros(len(real), np.int64) if real.labels is None else real.labels
-  key = _digest(extractor.identity, k, real.images.tobytes(), labels.tobytes())
+  digest = _digest(real.images.tobytes(), labels.tobytes())
+  key = _digest(extractor.identity, k, digest)
   path = os.path.join(cache_dir, f"real-{key}.npz")
+  info = {"name": real.name, "digest": digest, "unlabelled": real.labels is None}
   if os.path.exists(path):
     try:
       with np.load(path, allow_pickle=False) as cached:
         out = {name: cached[name] for name in ("features", "labels", "radii", "class_radii")}
       log.info("real features and k-NN radii from the cache %s", path)
-      return out
-    except (OSError, ValueError, KeyError) as e:
+      return {**out, **info}
+    except Exception as e:  # pylint: disable=broad-except  (any damage: compute it again)
       log.warning("the cache %s is unreadable (%s); computing it again", path, e)
   log.info("features of the %d real images of %s", len(real), real.name)
   feats = extractor.features(real.images, progress=True)
@@ -231,18 +241,15 @@ def _real_features(extractor, real_images: Callable, k: int, cache_dir: str, ima
     raise DataError(f"{real.name} has {len(feats)} real images: the realism score needs more "
                     f"than k = {k}")
   radii = generation.knn_radii(feats, k)
-  class_radii = np.full(len(feats), np.inf)
-  for c in range(num_classes):
+  class_radii = np.zeros(len(feats))  # a class of <= k images has no radius (build_scorer)
+  for c in np.unique(labels):
     rows = labels == c
     if rows.sum() > k:
       class_radii[rows] = generation.knn_radii(feats[rows], k)
-    elif rows.any():
-      log.warning("class %d has %d real images (<= k = %d): its class-based realism uses no "
-                  "radius, so its samples are rejected", c, int(rows.sum()), k)
-      class_radii[rows] = 0.0
   out = {"features": feats, "labels": labels, "radii": radii, "class_radii": class_radii}
-  files.atomic_write(path, synthetic_format.npz_bytes(out))
-  return out
+  if jax.process_index() == 0:
+    files.atomic_write(path, synthetic_format.npz_bytes(out))
+  return {**out, **info}
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -267,17 +274,21 @@ def score_sweep(directory: str, scorer: Scorer, scores_dir: str, stop=None) -> d
   out = {key: [] for key in ("index", "labels", "score", "accept")}
   for n, entry in enumerate(manifest["shards"]):
     path = _scores_file(scores_dir, entry)
-    arrays = _read_scores(path, entry, identity)
+    # The scores belong to this scorer and to these very shard bytes.
+    shard_digest = entry.get("sha256") or files.sha256_file(os.path.join(directory,
+                                                                        entry["file"]))
+    key = _digest(identity, shard_digest)
+    arrays = _read_scores(path, entry, key)
     if arrays is None:
       images, labels, index = synthetic_format.read_shard(directory, entry, shape)
-      if labels.size and labels.max() >= manifest["num_classes"]:
-        raise DataError(f"shard {os.path.join(directory, entry['file'])} holds label "
-                        f"{int(labels.max())} >= num_classes {manifest['num_classes']}")
+      if labels.size and (labels.max() >= manifest["num_classes"] or labels.min() < 0):
+        raise DataError(f"shard {os.path.join(directory, entry['file'])} holds labels outside "
+                        f"[0, {manifest['num_classes']}): re-run its sampling stage")
       score, accept = scorer.score(images, labels) if len(labels) else (
           np.zeros(0, np.float32), np.zeros(0, bool))
       arrays = {"index": index, "labels": labels, "score": score.astype(np.float32),
                 "accept": accept.astype(np.bool_),
-                "scorer": np.array(identity)}
+                "scorer": np.array(key)}
       if jax.process_index() == 0:
         files.atomic_write(path, synthetic_format.npz_bytes(arrays),
                            fault="scores.before_rename")
@@ -288,17 +299,17 @@ def score_sweep(directory: str, scorer: Scorer, scores_dir: str, stop=None) -> d
   return {key: (np.concatenate(v) if v else np.zeros(0)) for key, v in out.items()}
 
 
-def _read_scores(path: str, entry: dict, identity: str) -> dict | None:
+def _read_scores(path: str, entry: dict, key: str) -> dict | None:
   """A shard's saved scores, or None when absent, damaged or from another scorer."""
   if not os.path.exists(path):
     return None
   try:
     with np.load(path, allow_pickle=False) as saved:
       arrays = {k: saved[k] for k in ("index", "labels", "score", "accept", "scorer")}
-  except (OSError, ValueError, KeyError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (any damage: score it again)
     log.warning("scores %s are unreadable (%s); scoring the shard again", path, e)
     return None
-  if str(arrays["scorer"]) != identity or arrays["index"].shape != (entry["count"],):
+  if str(arrays["scorer"]) != key or arrays["index"].shape != (entry["count"],):
     log.warning("scores %s belong to another filter or shard; scoring the shard again", path)
     return None
   return arrays
@@ -397,6 +408,11 @@ def write_accepted(out_dir: str, sources: list[tuple[str, dict]], keep_by_source
     flush(buffered())
   manifest = {**header, "shards": entries, "complete": True}
   if writer:
+    listed = {e["file"] for e in entries}
+    for name in sorted(os.listdir(out_dir)):
+      if name.startswith("shard-") and name not in listed:  # left by another filtered set
+        log.warning("shard %s is not part of the filtered set; moved to %s", name,
+                    synthetic_format.quarantine(out_dir, os.path.join(out_dir, name)))
     synthetic_format.write_manifest(out_dir, manifest)
   return manifest
 

@@ -12,17 +12,19 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxsynth.data import synthetic_format
 from jaxsynth.errors import ConfigError, DataError
-from jaxsynth.synthesis import filters
+from jaxsynth.synthesis import filters, sweep
 from jaxsynth.training import parallel, workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
 
-def input_sweep(config, workdir: str) -> tuple[str, dict]:
-  """(directory, manifest) of the finished sweep `filter.input`, checked."""
+def input_sweep(config, workdir: str | None = None) -> tuple[str, dict]:
+  """(directory, manifest) of the finished sweep `filter.input`, checked (and, given
+  `workdir`, outside it)."""
   f = config.filter
   if not f.input:
     raise ConfigError("config key 'filter.input' is empty: set it to a finished sweep "
@@ -32,7 +34,7 @@ def input_sweep(config, workdir: str) -> tuple[str, dict]:
   except DataError as e:
     raise DataError(f"config key 'filter.input': {e}") from None
   inside = os.path.abspath(directory)
-  if inside.startswith(os.path.abspath(workdir) + os.sep):
+  if workdir is not None and (inside + os.sep).startswith(os.path.abspath(workdir) + os.sep):
     raise ConfigError(f"config key 'filter.input' = {f.input!r} lies inside --workdir "
                       f"{workdir}: the filtered set needs its own --workdir")
   manifest = synthetic_format.read_manifest(directory)
@@ -59,7 +61,13 @@ def filter_sweep(config, workdir: str, overwrite: bool = False, stop=None) -> di
   filters.check_filter_config(f, "filter", require=True)
   done = workdir_lib.finished_results(workdir, config, overwrite)
   if done is not None:
-    return done
+    problem = sweep.damage(os.path.join(workdir, synthetic_format.SAMPLES_DIR))
+    if not problem:
+      return done
+    # The finished filtered set lost shards since: write it again from the saved scores.
+    log.warning("%s; the filtered set in %s is written again", problem, workdir)
+    if jax.process_index() == 0:
+      os.remove(os.path.join(workdir, workdir_lib.METRICS_FILE))
   directory, manifest = input_sweep(config, workdir)
   workdir_lib.check_prepare(workdir, config, overwrite)
   num_classes, shape = manifest["num_classes"], tuple(manifest["image_shape"])
@@ -68,9 +76,13 @@ def filter_sweep(config, workdir: str, overwrite: bool = False, stop=None) -> di
     raise ConfigError(f"the sweep {directory} names no generator run (manifest run_dir): set "
                       "config key 'filter.real' to the real images for the realism filter")
   mesh = parallel.make_mesh(config.mesh)
+  sampled = np.unique(np.concatenate(
+      [synthetic_format.read_shard_labels(directory, entry)[0] for entry in manifest["shards"]]
+      or [np.zeros(0, np.int64)]))
   scorer = filters.build_scorer(f, num_classes, shape,
                                 filters.real_images(f, data_cfg, seed, shape),
-                                os.path.join(workdir, filters.CACHE_DIR), mesh)
+                                os.path.join(workdir, filters.CACHE_DIR), mesh,
+                                classes=sampled[(sampled >= 0) & (sampled < num_classes)])
   workdir_lib.prepare(workdir, config, overwrite)
   log.info("filter %s on the sweep %s (%d shards), judge %s", f.name, directory,
            len(manifest["shards"]), scorer.identity)

@@ -62,7 +62,7 @@ def check_inputs(config) -> dict:
     from jaxsynth.synthesis.filters import check_filter_config  # pylint: disable=import-outside-toplevel
     from jaxsynth.tasks.filter import input_sweep  # pylint: disable=import-outside-toplevel
     check_filter_config(config.filter, "filter", require=True)
-    input_sweep(config, ".")
+    input_sweep(config)
     return {}
   if task == "sample":
     from jaxsynth.synthesis.filters import check_filter_config  # pylint: disable=import-outside-toplevel

@@ -14,6 +14,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from jaxsynth import config as config_lib
@@ -57,9 +58,9 @@ def check_config(config, workdir: str) -> None:
     raise _bad("cfg_scale", (s.cfg_scale, s.eta, s.clip_x0),
                "cfg_scale, eta and clip_x0 must be >= 0 (0 = off)")
   filters.check_filter_config(s.filter, "sample.filter")
-  if s.max_attempts < 1:
-    raise _bad("max_attempts", s.max_attempts, "use a number >= 1 (attempts per class, as a "
-               "multiple of its budget)")
+  if not 1 <= s.max_attempts <= 1000:
+    raise _bad("max_attempts", s.max_attempts, "use a number in [1, 1000] (attempts per class, "
+               "as a multiple of its budget)")
 
 
 def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
@@ -157,7 +158,7 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
     scorer = filters.build_scorer(
         s.filter, num_classes, image_shape,
         filters.real_images(s.filter, run.data, run.seed, image_shape),
-        os.path.join(workdir, filters.CACHE_DIR), mesh)
+        os.path.join(workdir, filters.CACHE_DIR), mesh, classes=np.flatnonzero(counts))
   workdir_lib.prepare(workdir, config, overwrite)
   log.info("sweep of %d samples (per class %s) from %s step %d into %s", plan.labels.size,
            counts.tolist(), config.sample.run_dir, step, directory)

@@ -243,6 +243,8 @@ def filtered_outcome(workdir: str) -> dict:
   """What a filtered set must end with: the sweep outcome, the report and its plots."""
   out = sweep_outcome(workdir)
   out["filter_report.json"] = _json_file(os.path.join(workdir, "filter_report.json"))
+  with open(os.path.join(workdir, "filter_report.json"), encoding="utf-8") as f:
+    out["acceptance rounds"] = json.load(f)["acceptance"].get("rounds", 1)
   for path in sorted(glob.glob(os.path.join(workdir, "plots", "*.png"))
                      + glob.glob(os.path.join(workdir, "candidates", "*", "shard-*.npz"))):
     with open(path, "rb") as f:
