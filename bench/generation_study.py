@@ -177,6 +177,15 @@ def write_doc(cells: dict, args) -> None:
                    + " | ".join(_fmt(m.get(prefix + k)) for k in METRICS)
                    + f" | {_fmt(m.get(prefix + 'fid_reliable'))} |")
     lines.append("")
+  from jaxsynth.metrics import plots  # pylint: disable=import-outside-toplevel
+  charts = []
+  for metric in ("kid_mean", "precision", "coverage"):
+    name = f"per_class_{metric}.png"
+    plots.write_png(os.path.join(OUT, name), plots.metric_bars(
+        {LABELS[n]: c["metrics"] for n, c in cells.items()}, metric,
+        title=f"{metric} per class (A = real train, classifier features)"))
+    charts.append(f"![{metric}](generation_metrics/{name})")
+  lines += ["#### per-class charts", "", " ".join(charts), ""]
   lines += ["#### acceptance", "", "| filter | class | attempted | accepted | rate |",
             "|---|---|---|---|---|"]
   for name in ("classifier_filter", "realism_class_filter", "topped_up"):
