@@ -121,15 +121,20 @@ def save_safetensors(path: str, tensors: dict[str, np.ndarray],
     raise
 
 
-def _load_torch(path: str) -> dict:
+TO_SAFETENSORS = ("convert it to safetensors where torch is available: python -c \"import torch, "
+                  "safetensors.torch as st; sd = torch.load('IN.pth', map_location='cpu', "
+                  "weights_only=True); st.save_file({k: v.contiguous() for k, v in sd.items()}, "
+                  "'OUT.safetensors')\"")
+
+
+def load_torch_state_dict(path: str, without_torch: str = TO_SAFETENSORS) -> dict:
+  """A torch checkpoint's state dict (unwrapped from `state_dict`/`model`/...) as numpy arrays;
+  `without_torch` is the advice when torch is not installed."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise CheckpointError(
-        f"{path!r} is a torch checkpoint but torch is not installed; convert it to safetensors "
-        "where torch is available: python -c \"import torch, safetensors.torch as st; "
-        "sd = torch.load('IN.pth', map_location='cpu', weights_only=True); "
-        "st.save_file({k: v.contiguous() for k, v in sd.items()}, 'OUT.safetensors')\"") from None
+    raise CheckpointError(f"{path!r} is a torch checkpoint but torch is not installed; "
+                          f"{without_torch}") from None
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # noqa: BLE001  (torch raises many types for bad files)
@@ -138,6 +143,8 @@ def _load_torch(path: str) -> dict:
     if isinstance(state, dict) and isinstance(state.get(key), dict):
       state = state[key]
       break
+  if not isinstance(state, dict):
+    raise CheckpointError(f"{path!r} holds a {type(state).__name__}, not a state dict")
   return {k: (v.float() if v.is_floating_point() else v).numpy()
           for k, v in state.items() if hasattr(v, "numpy")}
 
@@ -162,7 +169,7 @@ def load_timm_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".safetensors"):
     state = load_safetensors(path)
   else:
-    state = _load_torch(path)
+    state = load_torch_state_dict(path)
   # DataParallel / DDP checkpoints prefix every key with "module.".
   if state and all(k.startswith("module.") for k in state):
     state = {k[len("module."):]: v for k, v in state.items()}

@@ -27,7 +27,7 @@ from flax import traverse_util
 
 from jaxsynth.errors import CheckpointError
 from jaxsynth.files import atomic_write
-from jaxsynth.models.convert import load_safetensors
+from jaxsynth.models.convert import load_safetensors, load_torch_state_dict
 
 INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75           # the smallest input whose Mixed_7a output is still 1x1
@@ -307,25 +307,6 @@ def variables_from_state_dict(state_dict: dict, source: str = "<state dict>") ->
   return traverse_util.unflatten_dict(out)
 
 
-def _read_torch(path: str) -> dict:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise CheckpointError(
-        f"{path!r} is a PyTorch file and torch is not installed: pip install torch (the CPU "
-        "wheel is enough), or convert it once where torch is available with jaxsynth.models."
-        "inception.save_state_dict_npz(torch.load(...), 'OUT.npz') (or to .safetensors) and "
-        "pass that file instead") from None
-  try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001  (torch raises many types for bad files)
-    raise CheckpointError(f"cannot load torch checkpoint {path!r}: {e}") from None
-  if not isinstance(state, dict):
-    raise CheckpointError(f"{path!r} holds a {type(state).__name__}, not a state dict")
-  return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in state.items() if hasattr(v, "numpy")}
-
-
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """Reads a state dict as numpy arrays from .npz, .safetensors, or a torch file (.pth etc.)."""
   if not os.path.isfile(path):
@@ -340,7 +321,10 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       raise CheckpointError(f"cannot read {path!r} as .npz: {e}") from None
   if path.endswith(".safetensors"):
     return load_safetensors(path)
-  return _read_torch(path)
+  return load_torch_state_dict(
+      path, "pip install torch (the CPU wheel is enough), or convert it once where torch is "
+      "available with jaxsynth.models.inception.save_state_dict_npz(torch.load(...), 'OUT.npz') "
+      "(or to .safetensors) and pass that file instead")
 
 
 def load_pytorch_fid_weights(path: str) -> dict:
