@@ -138,7 +138,7 @@ def bench_extraction(args) -> tuple[dict, object]:
 
   Both see the same N random uint8 images in batches of --batch: the extractor takes them on the
   host as uint8 (`Extractor.features`: prepare, pad, to_global, forward with the normalisation
-  inside jit, to_host); the evaluation forward (`classifier.make_predict_step`) takes them
+  inside jit, to_host); the evaluation forward (`classifier_lib.make_predict_step`) takes them
   already normalised, as float32 batches already on the device, and fetches each batch's probs
   to the host as `predict_split` does. Reps alternate between the two (same machine load).
   """
@@ -148,6 +148,7 @@ def bench_extraction(args) -> tuple[dict, object]:
   from jaxsynth.data import augment
   from jaxsynth.metrics.features import make_extractor
   from jaxsynth.recipes.losses import probabilities
+  from jaxsynth.recipes import classifier as classifier_lib
   from jaxsynth.tasks import classifier
   from jaxsynth.training import parallel, train_state
 
@@ -159,7 +160,7 @@ def bench_extraction(args) -> tuple[dict, object]:
     start = time.perf_counter()
     classifier.train_and_evaluate(config, workdir)
     train_s = time.perf_counter() - start
-    setup = classifier.build_setup(config)
+    setup = classifier_lib.build_setup(config)
     extractor = make_extractor(f"classifier:{workdir}", batch_size=args.batch)
   shape = tuple(setup.input_shape)
   mesh, batch = extractor.mesh, extractor.batch_size
@@ -173,7 +174,7 @@ def bench_extraction(args) -> tuple[dict, object]:
                                  model_state=variables, opt_state=(), ema_params=params,
                                  rng=jnp.zeros((2,), jnp.uint32))
   state = jax.device_put(state, parallel.replicated(mesh))
-  predict = classifier.make_predict_step(setup.model, config.train.ema_decay > 0, mesh,
+  predict = classifier_lib.make_predict_step(setup.model, config.train.ema_decay > 0, mesh,
                                          probabilities(config))
   mean, std = augment.normalisation(config.data, shape[-1])
   normalised = ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)

@@ -185,7 +185,7 @@ def bench_train(config, args, mesh, source, probe: MatmulProbe) -> tuple[dict, t
   import numpy as np
   from jaxsynth.models.registry import make_classifier
   from jaxsynth.recipes.losses import make_loss
-  from jaxsynth.tasks import classifier
+  from jaxsynth.recipes import classifier as classifier_lib
   from jaxsynth.training import parallel
   from jaxsynth.training.optim import learning_rate_schedule, make_optimizer
 
@@ -194,9 +194,9 @@ def bench_train(config, args, mesh, source, probe: MatmulProbe) -> tuple[dict, t
   schedule = learning_rate_schedule(config.train, 1, config.train.steps)
   tx = make_optimizer(config.train, schedule)
   loss_fn = make_loss(config, source.class_counts(), args.num_classes)
-  state = classifier.init_state(model, tx, shape, config.seed, mesh)
+  state = classifier_lib.init_state(model, tx, shape, config.seed, mesh)
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  step = classifier.make_train_step(model, tx, loss_fn, schedule, config.train.ema_decay, mesh)
+  step = classifier_lib.make_train_step(model, tx, loss_fn, schedule, config.train.ema_decay, mesh)
 
   rng = np.random.default_rng(args.seed)
   host_batch = {"image": rng.standard_normal((args.batch, *shape), dtype=np.float32),

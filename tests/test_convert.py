@@ -273,16 +273,16 @@ def test_model_pretrained_loads_the_weights_into_the_train_state(tmp_path):
   import jax
   from jaxsynth.models import convert
   from jaxsynth.models.registry import make_classifier
-  from jaxsynth.tasks import classifier
+  from jaxsynth.recipes import classifier as classifier_lib
   from tests.helpers import tiny_config
 
   config = tiny_config(model__stem="imagenet", data__image_size=16)
-  setup = classifier.build_setup(config)
+  setup = classifier_lib.build_setup(config)
   donor = setup.model.init(jax.random.PRNGKey(7), np.zeros((1, *setup.input_shape), np.float32))
   path = str(tmp_path / "resnet18.safetensors")
   convert.save_safetensors(path, convert.resnet_to_timm(jax.device_get(donor)))
   config.model.pretrained = path
-  plan = classifier.plan_training(config, setup)
+  plan = classifier_lib.plan_training(config, setup)
   for got, want in zip(jax.tree.leaves(plan.state.params), jax.tree.leaves(donor["params"])):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
   for got, want in zip(jax.tree.leaves(plan.state.model_state),

@@ -17,6 +17,7 @@ from jaxsynth.data.sources.synthetic import SyntheticSource
 from jaxsynth.errors import ConfigError, DataError
 from jaxsynth.models.registry import make_classifier
 from jaxsynth.synthesis import filters, sweep
+from jaxsynth.recipes import classifier as classifier_lib
 from jaxsynth.tasks import classifier
 from jaxsynth.tasks.filter import filter_sweep
 from jaxsynth.training import parallel, train_state
@@ -67,8 +68,8 @@ def reference_probs(run_dir, directory):
   checkpointer = Checkpointer(run_dir, 10, read_only=True)
   state, _ = checkpointer.restore(abstract, config.evaluate.checkpoint)
   checkpointer.close()
-  predict = classifier.make_predict_step(model, config.train.ema_decay > 0, mesh)
-  _, probs = classifier.predict_split(predict, state, SyntheticSource(directory), config.data,
+  predict = classifier_lib.make_predict_step(model, config.train.ema_decay > 0, mesh)
+  _, probs = classifier_lib.predict_split(predict, state, SyntheticSource(directory), config.data,
                                       32, mesh)
   return probs
 

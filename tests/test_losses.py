@@ -12,6 +12,7 @@ from configs import recipes
 from jaxsynth.config import base_config
 from jaxsynth.errors import ConfigError
 from jaxsynth.recipes import losses
+from jaxsynth.recipes import classifier as classifier_lib
 from jaxsynth.tasks import classifier
 from tests.helpers import load_params, tiny_config
 
@@ -171,7 +172,7 @@ def test_every_loss_recipe_has_a_config_variant():
   assert recipes.get_config("label_smoothing").train.label_smoothing == 0.1
   assert recipes.get_config("focal,npz").data.source == "npz"
   with pytest.raises(ConfigError, match="unknown value 'crt_typo'"):
-    classifier.build_setup(recipes.get_config("crt_typo"))
+    classifier_lib.build_setup(recipes.get_config("crt_typo"))
 
 
 def test_bce_run_has_one_logit_and_two_class_probabilities(tmp_path):
@@ -204,4 +205,4 @@ def test_bce_run_has_one_logit_and_two_class_probabilities(tmp_path):
 
 def test_bce_on_ten_classes_fails_before_training(tmp_path):
   with pytest.raises(ConfigError, match="needs 2 classes"):
-    classifier.build_setup(tiny_config(recipe__name="bce"))
+    classifier_lib.build_setup(tiny_config(recipe__name="bce"))

@@ -7,6 +7,7 @@ from jaxsynth.config import base_config
 from jaxsynth.data import pipeline
 from jaxsynth.errors import ConfigError
 from jaxsynth.recipes import samplers
+from jaxsynth.recipes import classifier as classifier_lib
 from jaxsynth.tasks import classifier
 from tests.conftest import ArraySource
 from tests.helpers import tiny_config
@@ -148,7 +149,7 @@ def test_training_with_a_sampler_recipe_sees_balanced_batches(tmp_path, monkeypa
   assert "balanced_accuracy" in results["test"]
   positions, labels = map(np.array, zip(*sorted(drawn)))
   np.testing.assert_array_equal(positions, np.arange(12 * 16))
-  train_counts = np.bincount(classifier.build_setup(config).train.labels, minlength=10)
+  train_counts = np.bincount(classifier_lib.build_setup(config).train.labels, minlength=10)
   rare = np.argsort(train_counts)[:5]
   instance_share = train_counts[rare].sum() / train_counts.sum()
   balanced_share = np.isin(labels, rare).mean()

@@ -10,6 +10,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys, tempfile
     import jax, numpy as np
     from jax.sharding import PartitionSpec as P
+    from jaxsynth.recipes import classifier as classifier_lib
     from jaxsynth.tasks import classifier
     from jaxsynth.training import parallel
     from tests.helpers import load_params, tiny_config
@@ -35,11 +36,11 @@ SCRIPT = textwrap.dedent("""
 
     # The compiled steps keep the batch sharded: nothing is silently replicated.
     config = tiny_config(steps=4)
-    setup = classifier.build_setup(config)
+    setup = classifier_lib.build_setup(config)
     mesh = setup.mesh
-    predict = classifier.make_predict_step(setup.model, False, mesh)
+    predict = classifier_lib.make_predict_step(setup.model, False, mesh)
     tx = __import__("optax").sgd(0.1)
-    state = classifier.init_state(setup.model, tx, setup.input_shape, 0, mesh)
+    state = classifier_lib.init_state(setup.model, tx, setup.input_shape, 0, mesh)
     images = jax.device_put(np.zeros((16, *setup.input_shape), np.float32),
                             parallel.batch_sharding(mesh))
     probs = predict(state, images)

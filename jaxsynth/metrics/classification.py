@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "accuracy", "auc", "balanced_accuracy", "classification_metrics", "confusion_matrix",
-    "harmonic_mean", "macro_f1", "mcc", "per_class_accuracy", "predict", "sensitivity",
-    "specificity",
+    "equity_scaled", "group_metrics", "harmonic_mean", "macro_f1", "mcc", "per_class_accuracy",
+    "predict", "sensitivity", "specificity",
 ]
 
 
@@ -292,4 +292,94 @@ def classification_metrics(labels, probs, num_classes: int, positive_class: int 
     out["sensitivity"] = sensitivity(labels, preds, positive_class)
     out["specificity"] = specificity(labels, preds, positive_class)
     out["harmonic_mean"] = harmonic_mean(labels, preds, positive_class)
+  return out
+
+
+# ------------------------------------------------------------------ per-group metrics
+
+
+def _check_groups(groups, n: int) -> np.ndarray:
+  """Returns `groups` as an int64 vector of ids >= 0 of length `n`, or raises ValueError."""
+  g = np.asarray(groups)
+  if g.ndim == 2 and g.shape[1] == 1:
+    g = g[:, 0]
+  if g.ndim != 1:
+    raise ValueError(f"groups must be a vector of group ids of shape (N,), got shape {g.shape}")
+  if g.dtype == bool or not np.issubdtype(g.dtype, np.integer):
+    raise ValueError(f"groups must hold integer group ids, got dtype {g.dtype}")
+  if g.shape[0] != n:
+    raise ValueError(f"labels and groups differ in length: {n} vs {g.shape[0]}")
+  if np.any(g < 0):
+    bad = int(np.flatnonzero(g < 0)[0])
+    raise ValueError(f"groups must be >= 0, got {int(g[bad])} (at index {bad})")
+  return g.astype(np.int64)
+
+
+def equity_scaled(overall: float | None, per_group) -> float | None:
+  """ES-M = M_overall / (1 + sum_g |M_g - M_overall|) over defined M_g; None if M_overall is."""
+  if overall is None:
+    return None
+  gap = sum(abs(m - overall) for m in per_group if m is not None)
+  return float(overall / (1.0 + gap))
+
+
+def _split_metrics(labels: np.ndarray, p: np.ndarray, preds: np.ndarray, num_classes: int,
+                   positive_class: int) -> dict:
+  """accuracy, auc and (two classes) sensitivity/specificity of one subset; None if undefined."""
+  roc_auc = auc(labels, p, positive_class if num_classes == 2 else 1)
+  out = {"accuracy": accuracy(labels, preds), "auc": None if math.isnan(roc_auc) else roc_auc}
+  if num_classes == 2:
+    n_pos = int(np.sum(labels == positive_class))
+    out["sensitivity"] = sensitivity(labels, preds, positive_class) if n_pos else None
+    out["specificity"] = (specificity(labels, preds, positive_class)
+                          if n_pos < labels.shape[0] else None)
+  return out
+
+
+def group_metrics(labels, probs, groups, num_classes: int, positive_class: int = 1,
+                  threshold: float | None = None, group_names=()) -> dict:
+  """Per-group accuracy/auc(/sensitivity/specificity) and their equity-scaled (ES) figures.
+
+  Predictions are `predict(probs, positive_class, threshold)`, as in `classification_metrics`,
+  and each group's auc is `auc` on its subset (macro one-vs-rest for more than two classes).
+  A figure undefined for a group (auc with one class present, sensitivity without positives,
+  specificity without negatives) is None. For every metric M the equity-scaled value is
+
+    ES-M = M_overall / (1 + sum_g |M_g - M_overall|),
+
+  the ES-Dice of FairSeg / FairDiff (Tian et al., "FairSeg: A Large-Scale Medical Image
+  Segmentation Dataset for Fairness Learning", ICLR 2024) applied to M: M_overall is M on all
+  samples and the sum runs over the groups whose M_g is defined; ES-M is None if M_overall is.
+
+  Returns {"per_group": {name: {"n", "accuracy", "auc"[, "sensitivity", "specificity"]}},
+  "es_accuracy", "es_auc"[, "es_sensitivity", "es_specificity"]}, plain Python types. A group's
+  name is `group_names[g]` if names are given, else `str(g)`; only groups present are listed,
+  sorted by id.
+  """
+  num_classes = _check_num_classes(num_classes)
+  labels = _as_class_ids(labels, "labels", num_classes)
+  p = _check_probs(probs, labels.shape[0], num_classes)
+  groups = _check_groups(groups, labels.shape[0])
+  if num_classes == 2:
+    positive_class = _check_positive_class(positive_class, 2)
+  preds = predict(p, positive_class, threshold)
+  ids = np.unique(groups)
+  names = [str(n) for n in group_names]
+  if names:
+    if int(ids[-1]) >= len(names):
+      raise ValueError(f"group_names has {len(names)} names but groups holds id {int(ids[-1])}: "
+                       "give one name per group id")
+    if len(set(names)) != len(names):
+      raise ValueError(f"group_names must be distinct, got {names}")
+
+  overall = _split_metrics(labels, p, preds, num_classes, positive_class)
+  per_group = {}
+  for g in ids:
+    m = groups == g
+    row = {"n": int(m.sum())}
+    row.update(_split_metrics(labels[m], p[m], preds[m], num_classes, positive_class))
+    per_group[names[g] if names else str(int(g))] = row
+  out = {"per_group": per_group}
+  for key, value in overall.items():
+    out[f"es_{key}"] = equity_scaled(value, [row[key] for row in per_group.values()])
   return out

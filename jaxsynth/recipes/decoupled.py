@@ -25,9 +25,10 @@ included). So cRT, LWS and tau-norm can sit on one existing CE baseline.
 
 Frozen parameters get no gradient and are passed through the step untouched (see
 classifier.make_train_step's `trainable`), and the optimiser only sees the trainable ones
-(optax.multi_transform), so they stay bit-identical. A finished stage is skipped on re-run: stage
-1 when stage1/metrics.json exists, stage 2 resumes from its latest checkpoint (a finished one
-goes straight to evaluation).
+(optax.multi_transform), so they stay bit-identical. The two stages run on the stage pipeline
+(recipes/pipeline.py): stage 1 is a plain `ce` run (`stage1_config`) skipped when stage1/ holds it
+finished; stage 2 resumes from its latest checkpoint (a finished one goes straight to
+evaluation) and is complete when WORKDIR/metrics.json is written.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ from jaxsynth.errors import ConfigError
 from jaxsynth.metrics.classification import classification_metrics
 from jaxsynth.recipes.losses import probabilities
 from jaxsynth.recipes.samplers import class_balanced_order
-from jaxsynth.tasks import classifier
+from jaxsynth.recipes import classifier
+from jaxsynth.recipes import pipeline as pipeline_lib
+from jaxsynth.recipes.pipeline import Pipeline, Stage
 from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import StopRequest
@@ -252,34 +255,60 @@ def _stage1_model_params(config, setup: classifier.Setup, directory: str):
 # -------------------------------------------------------------------------- stages
 
 
+def stage1_config(config):
+  """Stage 1's config: `config` as a plain `ce` run (decoupled recipe keys at their defaults),
+  so any finished `ce` run with the same seed, model, data and train keys is a stage 1."""
+  out = config.copy_and_resolve_references()
+  out.task = "train_classifier"
+  out.recipe = config_lib.base_config("train_classifier").recipe
+  return out
+
+
+def pipeline(config, workdir: str) -> Pipeline:
+  """The two stages of a decoupled recipe: stage1 (trained, or recipe.stage1_workdir reused) and
+  stage2, whose metrics go to `workdir` itself."""
+  external = config.recipe.stage1_workdir
+
+  def run_stage2(config2, directory, stop=None):
+    del config2
+    return _run_stage2(config, workdir, directory, pipe.dir(STAGE1), stop)
+
+  stage1 = Stage(STAGE1, stage1_config(config), classifier.train_single, reuse=external,
+                 check_reuse=lambda _: external_stage1(config, workdir),
+                 reuse_key="recipe.stage1_workdir")
+  stage2 = Stage(STAGE2, config, run_stage2,
+                 complete=lambda: pipeline_lib.finished(workdir, config))
+  pipe = Pipeline(config.recipe.name, workdir, [stage1, stage2])
+  return pipe
+
+
 def train_and_evaluate(config, workdir: str, overwrite: bool = False,
                        stop: StopRequest | None = None) -> dict:
   """Runs stage 1 (skipped when finished), then stage 2; evaluates stage 2 into `workdir`."""
   check_options(config)
-  external = external_stage1(config, workdir)  # outside `workdir`: --overwrite cannot reach it
+  done = workdir_lib.finished_results(workdir, config, overwrite)
+  if done is not None:
+    return done
+  external_stage1(config, workdir)  # outside `workdir`: --overwrite cannot reach it
+  workdir_lib.check_prepare(workdir, config, overwrite)
   if overwrite and jax.process_index() == 0:
     for name in (STAGE1, STAGE2):
       shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
   workdir_lib.prepare(workdir, config, overwrite)
-  stage1_dir = external or os.path.join(workdir, STAGE1)
+  return pipeline(config, workdir).run(stop)[STAGE2]
+
+
+def _run_stage2(config, workdir: str, stage2_dir: str, stage1_dir: str,
+                stop: StopRequest | None) -> dict:
+  """Stage 2 from stage 1's chosen checkpoint (tau_norm: the tau search), into `workdir`."""
   setup = classifier.build_setup(config)
-  if external:
-    log.info("stage 1 of %s: the finished run in %s (recipe.stage1_workdir)",
-             config.recipe.name, external)
-  elif os.path.exists(os.path.join(stage1_dir, workdir_lib.METRICS_FILE)):
-    log.info("stage 1 is finished (%s/%s); skipping it", stage1_dir, workdir_lib.METRICS_FILE)
-  else:
-    workdir_lib.prepare(stage1_dir, config, overwrite=False)
-    log.info("stage 1 of %s: instance-balanced training into %s", config.recipe.name, stage1_dir)
-    classifier.run_stage(config, setup, classifier.plan_training(config, setup), stage1_dir,
-                         stop=stop)
   params, model_state, stage1_step, stage1_state = _stage1_model_params(config, setup,
                                                                          stage1_dir)
+  external = config.recipe.stage1_workdir
   extra = {"stages": {"stage1": {"dir": os.path.abspath(external) if external else STAGE1,
                                  "checkpoint": config.evaluate.checkpoint,
                                  "step": stage1_step},
                       "stage2": {"dir": STAGE2}}}
-  stage2_dir = os.path.join(workdir, STAGE2)
   if config.recipe.name == "tau_norm":
     return _tau_norm(config, setup, stage1_state, params, stage2_dir, workdir, extra)
   config2 = stage2_config(config)
@@ -291,8 +320,8 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False,
   plan = classifier.Plan(state, tx, schedule, order, trainable)
   log.info("stage 2 of %s: %d steps, class-balanced, rate %g, into %s", config.recipe.name,
            setup2.total_steps, config2.train.learning_rate, stage2_dir)
-  return classifier.run_stage(config2, setup2, plan, stage2_dir, out_dir=workdir, stop=stop,
-                              extra=extra)
+  return classifier.train_plan(config2, setup2, plan, stage2_dir, out_dir=workdir, stop=stop,
+                               extra=extra)
 
 
 def _stage2_setup(config2, setup: classifier.Setup) -> classifier.Setup:
@@ -374,7 +403,7 @@ def _tau_norm(config, setup, stage1_state, params, directory: str, out_dir: str,
                                   config.train.select_metric, "val": meta["tau_scores"]})
     config2 = config.copy_and_resolve_references()
     config2.evaluate.checkpoint = "best"
-    return classifier._evaluate_checkpoint(config2, setup, checkpointer, stage1_state, predict,
+    return classifier.evaluate_checkpoint(config2, setup, checkpointer, stage1_state, predict,
                                            out_dir, extra)
   finally:
     checkpointer.close()
@@ -386,6 +415,9 @@ def _tau_norm(config, setup, stage1_state, params, directory: str, out_dir: str,
 def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
   """The `evaluate` task for a decoupled run: its stage-2 checkpoint into `workdir`."""
   check_options(config)
+  done = workdir_lib.finished_results(workdir, config, overwrite)
+  if done is not None:
+    return done
   run_dir, trained = classifier.check_trained_run(config, workdir, overwrite)
   trained_recipe = trained.get("recipe", {}).get("name", "ce")
   if trained_recipe != config.recipe.name:
@@ -409,7 +441,7 @@ def evaluate(config, workdir: str, overwrite: bool = False) -> dict:
                                 schedule)[0]
     predict = classifier.make_predict_step(setup2.model, config.train.ema_decay > 0,
                                            setup2.mesh, probabilities(config))
-    return classifier._evaluate_checkpoint(config2, setup2, checkpointer, template, predict,
+    return classifier.evaluate_checkpoint(config2, setup2, checkpointer, template, predict,
                                            workdir)
   finally:
     checkpointer.close()

@@ -94,7 +94,7 @@ def check_setup(config, workdir: str, inputs: dict) -> None:
   # pylint: disable=import-outside-toplevel  (these import jax)
   task = config.task
   if task in ("train_classifier", "evaluate"):
-    from jaxsynth.tasks import classifier
+    from jaxsynth.recipes import classifier
     classifier.build_setup(config)
   elif task == "train_diffusion":
     from jaxsynth.diffusion.schedules import make_schedule
