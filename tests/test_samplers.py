@@ -143,7 +143,7 @@ def test_training_with_a_sampler_recipe_sees_balanced_batches(tmp_path, monkeypa
 
     return record
 
-  monkeypatch.setattr(classifier, "make_index_order", spy)
+  monkeypatch.setattr(classifier_lib, "make_index_order", spy)
   config = tiny_config(steps=12, recipe__name="class_balanced_sampler")
   results = classifier.train_and_evaluate(config, str(tmp_path))
   assert "balanced_accuracy" in results["test"]
