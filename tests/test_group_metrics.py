@@ -132,3 +132,32 @@ def test_json_round_trip():
   assert json.loads(json.dumps(out, allow_nan=False)) == out
   assert out["per_group"]["7"]["auc"] is None
   assert type(out["per_group"]["7"]["n"]) is int
+
+
+def test_classifier_metrics_json_gains_group_figures(tmp_path):
+  """A train_classifier run on data with {split}_groups reports per-group and ES figures."""
+  from jaxsynth.recipes import classifier as classifier_lib  # pylint: disable=import-outside-toplevel
+  from tests.helpers import tiny_config  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for split, n in (("train", 48), ("val", 16), ("test", 20)):
+    labels = np.arange(n) % 2
+    images = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.uint8)
+    images[labels == 1] += 120  # a learnable difference
+    arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    arrays[f"{split}_groups"] = (np.arange(n) // 2) % 3
+  path = str(tmp_path / "grouped.npz")
+  np.savez(path, **arrays)
+  config = tiny_config(steps=4)
+  config.data.source, config.data.path = "npz", path
+  config.data.imbalance_ratio = 0.0
+  results = classifier_lib.train_single(config, str(tmp_path / "run"))
+  stored = json.load(open(tmp_path / "run" / "metrics.json"))
+  assert stored["test"]["groups"] == results["test"]["groups"]
+  predictions = np.load(tmp_path / "run" / "predictions.npz")
+  labels, probs = predictions["test_labels"], predictions["test_probs"]
+  np.testing.assert_array_equal(labels, arrays["test_labels"])
+  expected = cls.group_metrics(labels, probs, arrays["test_groups"], 2)
+  assert stored["test"]["groups"]["es_accuracy"] == pytest.approx(expected["es_accuracy"])
+  assert sorted(stored["test"]["groups"]["per_group"]) == ["0", "1", "2"]
+  assert sum(g["n"] for g in stored["test"]["groups"]["per_group"].values()) == 20

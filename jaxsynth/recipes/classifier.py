@@ -26,7 +26,7 @@ from jaxsynth.data.pipeline import input_shape
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import CheckpointError, ConfigError
 from jaxsynth.metrics import report
-from jaxsynth.metrics.classification import classification_metrics
+from jaxsynth.metrics.classification import classification_metrics, group_metrics
 from jaxsynth.models import convert
 from jaxsynth.models.registry import make_classifier
 from jaxsynth.recipes.losses import make_loss, num_outputs, probabilities
@@ -253,13 +253,15 @@ def evaluate_checkpoint(config, setup: Setup, checkpointer: Checkpointer, state,
                           "train first, or set evaluate.checkpoint=latest")
   state, meta = checkpointer.restore(state, which)
   results = {"checkpoint": {"which": which, "step": int(meta["step"])}}
-  predictions = {}
+  predictions, groups = {}, {}
   for split in config.evaluate.splits:
     source = open_source(config.data, split, seed=config.seed)
     predictions[split] = predict_split(predict, state, source, config.data,
                                        config.train.eval_batch_size, setup.mesh)
+    if source.groups is not None:
+      groups[split] = source
   results.update(score_predictions(config, setup.num_classes, predictions, state, predict,
-                                   setup))
+                                   setup, groups))
   results.update(extra or {})
   if jax.process_index() == 0:
     arrays = {}
@@ -280,13 +282,15 @@ def evaluate_checkpoint(config, setup: Setup, checkpointer: Checkpointer, state,
 
 
 def score_predictions(config, num_classes: int, predictions: dict, state=None, predict=None,
-                      setup: Setup | None = None) -> dict:
+                      setup: Setup | None = None, groups: dict | None = None) -> dict:
   """Metrics per split of {split: (labels, probs)}, with the operating threshold and bootstrap.
 
   A binary threshold (evaluate.threshold youden | max_harmonic_mean) is chosen on val (predicted
   here with `predict` when val is not among evaluate.splits) and applied to every split; each
   split records it under `threshold` (None = argmax) and, with evaluate.bootstrap > 0, its
-  95% intervals under `ci95`.
+  95% intervals under `ci95`. A split whose source in `groups` ({split: source}) has groups also
+  gets `groups`: per-group figures and the equity-scaled ES-M (metrics.group_metrics), by the
+  source's group id (column 0 of its groups).
   """
   ev = config.evaluate
   method = ev.threshold
@@ -309,6 +313,11 @@ def score_predictions(config, num_classes: int, predictions: dict, state=None, p
     metrics = classification_metrics(labels, probs, num_classes,
                                      positive_class=ev.positive_class, threshold=threshold)
     metrics["threshold"] = threshold
+    if groups and split in groups:
+      source = groups[split]
+      ids = source.groups.reshape(len(source), -1)[:, 0]
+      metrics["groups"] = group_metrics(labels, probs, ids, num_classes, ev.positive_class,
+                                        threshold, getattr(source, "group_names", ()))
     if ev.bootstrap > 0:
       metrics["ci95"] = report.bootstrap_intervals(labels, probs, num_classes, ev.bootstrap,
                                                    config.seed, ev.positive_class, threshold)
