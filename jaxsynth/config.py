@@ -50,6 +50,13 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   aug.vflip = False
   aug.rotation = 0.0            # max rotation in degrees (e.g. 30.0)
   aug.color_jitter = 0.0        # brightness/contrast/saturation strength in [0, 1)
+  # Synthetic training data mixed with the real train split (val/test stay real); see
+  # jaxsynth/data/mixture.py. paths: sampling-sweep workdirs (sample or filter runs) or samples/.
+  data.synthetic = syn = ml_collections.ConfigDict()
+  syn.paths = ()                # e.g. ('runs/sweep',); () = real data only
+  syn.mix = "count"             # count: real + all synthetic, one sampler over the union
+  #                               fraction: data.synthetic.fraction of every batch is synthetic
+  syn.fraction = 0.5
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "resnet18"
@@ -180,6 +187,10 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
            "use positive numbers")
   _require(0 <= data.augment.color_jitter < 1, "data.augment.color_jitter",
            data.augment.color_jitter, "use a strength in [0, 1)")
+  _one_of("data.synthetic.mix", data.synthetic.mix, ("count", "fraction"))
+  _require(all(isinstance(p, str) and p for p in data.synthetic.paths), "data.synthetic.paths",
+           data.synthetic.paths, "give sweep directories, e.g. --config.data.synthetic.paths="
+           "\"('runs/sweep',)\"")
   _require(train.batch_size > 0, "train.batch_size", train.batch_size, "use a positive integer")
   _require(train.eval_batch_size > 0, "train.eval_batch_size", train.eval_batch_size,
            "use a positive integer")

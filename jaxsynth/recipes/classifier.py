@@ -20,10 +20,11 @@ from clu import parameter_overview
 
 from jaxsynth import config as config_lib
 from jaxsynth import faults
-from jaxsynth.data import augment, pipeline
+from jaxsynth.data import augment, mixture, pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.pipeline import input_shape
 from jaxsynth.data.sources import open_source
+from jaxsynth.data.sources.synthetic import SyntheticSource
 from jaxsynth.errors import CheckpointError, ConfigError
 from jaxsynth.metrics import report
 from jaxsynth.metrics.classification import classification_metrics, group_metrics
@@ -40,6 +41,8 @@ from jaxsynth.training.writers import MetricWriter, image_grid
 
 log = logging.getLogger(__name__)
 
+MIXTURE_FILE = "mixture.json"   # per-class (and per-group) counts of a mixed training set
+
 
 @dataclasses.dataclass
 class Setup:
@@ -53,15 +56,34 @@ class Setup:
   total_steps: int
 
 
+def mixed_train_split(config) -> ImageSource:
+  """The real train split, followed by the synthetic sets of `data.synthetic.paths` if any."""
+  train = open_source(config.data, "train", seed=config.seed)
+  paths = tuple(config.data.synthetic.paths)
+  if not paths:
+    return train
+  parts = [train]
+  for path in paths:
+    synthetic = SyntheticSource(path)
+    mixture.check_synthetic(train, synthetic, config.data, path)
+    parts.append(synthetic)
+  return mixture.ConcatSource(parts)
+
+
 def build_setup(config) -> Setup:
   """Opens the train split and derives model, mesh and schedule lengths from the config."""
   if config.model.pretrained:
     convert.check_pretrained_file(config.model.pretrained)
-  train = open_source(config.data, "train", seed=config.seed)
+  train = mixed_train_split(config)
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_divisible(config.train.batch_size, mesh, "train.batch_size")
   parallel.check_batch_divisible(config.train.eval_batch_size, mesh, "train.eval_batch_size")
-  steps_per_epoch = max(1, -(-len(train) // config.train.batch_size))
+  epoch_samples, epoch_batch = len(train), config.train.batch_size
+  if config.data.synthetic.paths and config.data.synthetic.mix == "fraction":
+    # an epoch is one pass over the real split, at its B - n_s slots per batch
+    epoch_samples = len(train.parts[0])
+    epoch_batch -= mixture.synthetic_slots(config.data.synthetic.fraction, epoch_batch)
+  steps_per_epoch = max(1, -(-epoch_samples // epoch_batch))
   total = (config.train.steps if config.train.steps > 0
            else max(1, int(round(config.train.epochs * steps_per_epoch))))
   model = make_classifier(config.model, num_outputs(config, train.num_classes))
@@ -168,9 +190,28 @@ def plan_training(config, setup: Setup) -> Plan:
     pretrained = functools.partial(convert.apply_pretrained, config.model)
   state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh,
                      pretrained=pretrained)
-  order = make_index_order(config, setup.train.labels, setup.num_classes,
-                           setup.steps_per_epoch, setup.total_steps)
-  return Plan(state, tx, schedule, order)
+  return Plan(state, tx, schedule, training_order(config, setup))
+
+
+def training_order(config, setup: Setup):
+  """The recipe's sampler over the training data; in `fraction` mixing, one per part."""
+  syn = config.data.synthetic
+  if not (syn.paths and syn.mix == "fraction"):
+    return make_index_order(config, setup.train.labels, setup.num_classes,
+                            setup.steps_per_epoch, setup.total_steps)
+  batch = config.train.batch_size
+  n_s = mixture.synthetic_slots(syn.fraction, batch)
+  real = setup.train.parts[0]
+  synthetic_labels = setup.train.labels[len(real):]
+  # Each part's sampler sees its own batch size: n_s synthetic, B - n_s real slots per step.
+  part_config = config.copy_and_resolve_references()
+  part_config.train.batch_size = batch - n_s
+  real_order = make_index_order(part_config, real.labels, setup.num_classes,
+                                setup.steps_per_epoch, setup.total_steps)
+  part_config.train.batch_size = n_s
+  synthetic_order = make_index_order(part_config, synthetic_labels, setup.num_classes,
+                                     setup.steps_per_epoch, setup.total_steps)
+  return mixture.FractionOrder(real_order, synthetic_order, len(real), batch, n_s)
 
 
 def train_single(config, workdir: str, overwrite: bool = False,
@@ -194,6 +235,13 @@ def train_plan(config, setup: Setup, plan: Plan, directory: str, out_dir: str | 
   """
   log.info("train split of %s: %d samples, class counts %s", setup.train.name,
            len(setup.train), setup.train.class_counts().tolist())
+  if config.data.synthetic.paths and jax.process_index() == 0:
+    mix = dict(mixture.counts(setup.train), mix=config.data.synthetic.mix)
+    if config.data.synthetic.mix == "fraction":
+      mix["synthetic_per_batch"] = mixture.synthetic_slots(config.data.synthetic.fraction,
+                                                           config.train.batch_size)
+    log.info("training mixture: %s", json.dumps(mix))
+    workdir_lib.write_json(os.path.join(directory, MIXTURE_FILE), mix)
   val = open_source(config.data, "val", seed=config.seed)
   state = plan.state
   log.info("%s: %s parameters", config.model.name,

@@ -1,0 +1,101 @@
+"""Real + synthetic training data: one source over several, and a per-batch mixing order.
+
+Two ways to mix (config `data.synthetic.mix`):
+
+  count     the training set is the real train split followed by every synthetic set; a
+            sampler (instance, class-balanced, ...) runs over the whole union.
+  fraction  every global batch of B holds n_s = round(fraction * B) synthetic samples (slots
+            [0, n_s)) and B - n_s real ones; each part has its own index order (the recipe's
+            sampler over that part), fed by its own position counter, so a batch's content
+            depends on (seed, step, slot) only.
+
+Validation and test are always the real splits; only training data is mixed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from jaxsynth.data.base import ImageSource
+from jaxsynth.data.pipeline import input_shape
+from jaxsynth.errors import ConfigError, DataError
+
+MIXES = ("count", "fraction")
+
+
+class ConcatSource(ImageSource):
+  """The samples of `parts` one after another; `origin[i]` is the part sample i comes from."""
+
+  def __init__(self, parts: list[ImageSource]):
+    first = parts[0]
+    labels = np.concatenate([p.labels for p in parts])
+    has_groups = all(p.groups is not None for p in parts)
+    groups = (np.concatenate([p.groups.reshape(len(p), -1)[:, :1] for p in parts])
+              if has_groups else None)
+    super().__init__(labels, first.num_classes, first.image_shape, groups, first.class_names)
+    self.parts = list(parts)
+    self.offsets = np.cumsum([0] + [len(p) for p in parts])
+    self.origin = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    self.name = " + ".join(p.name for p in parts)
+
+  def load_image(self, index: int) -> np.ndarray:
+    part = int(self.origin[index])
+    return self.parts[part].load_image(index - int(self.offsets[part]))
+
+
+def check_synthetic(real: ImageSource, synthetic: ImageSource, data_cfg, path: str) -> None:
+  """Raises DataError unless `synthetic` has `real`'s classes and, after resizing, its shape."""
+  if synthetic.num_classes != real.num_classes:
+    raise DataError(f"synthetic set {path} has {synthetic.num_classes} classes but the real "
+                    f"data {real.name} has {real.num_classes}: use a sweep of a generator "
+                    "trained on this data (data.synthetic.paths)")
+  mine, theirs = input_shape(data_cfg, real), input_shape(data_cfg, synthetic)
+  if mine != theirs:
+    raise DataError(f"synthetic set {path} gives {theirs[0]}x{theirs[1]}x{theirs[2]} images but "
+                    f"the real train split gives {mine[0]}x{mine[1]}x{mine[2]}: sample at the "
+                    "real data's size and channels, or set data.image_size / data.channels")
+
+
+def synthetic_slots(fraction: float, global_batch: int) -> int:
+  """n_s: the synthetic slots of each global batch in `fraction` mode."""
+  if not 0 < fraction < 1:
+    raise ConfigError(f"config key 'data.synthetic.fraction' has bad value {fraction!r}: use a "
+                      "fraction in (0, 1) of each batch")
+  n = int(round(fraction * global_batch))
+  if not 0 < n < global_batch:
+    raise ConfigError(f"config key 'data.synthetic.fraction' ({fraction}) gives {n} of "
+                      f"{global_batch} slots per batch: every batch needs at least one real and "
+                      "one synthetic slot; change the fraction or train.batch_size")
+  return n
+
+
+class FractionOrder:
+  """Position g -> index of a ConcatSource(real, synthetic...): slot < n_s of each batch is
+  synthetic (drawn by `synthetic_order` at its own counter), the others real."""
+
+  def __init__(self, real_order: Callable[[int], int], synthetic_order: Callable[[int], int],
+               num_real: int, global_batch: int, synthetic_per_batch: int):
+    self.real_order, self.synthetic_order = real_order, synthetic_order
+    self.num_real, self.batch, self.n_s = int(num_real), int(global_batch), int(synthetic_per_batch)
+
+  def __call__(self, position: int) -> int:
+    step, slot = divmod(int(position), self.batch)
+    if slot < self.n_s:
+      return self.num_real + int(self.synthetic_order(step * self.n_s + slot))
+    return int(self.real_order(step * (self.batch - self.n_s) + slot - self.n_s))
+
+
+def counts(source: ImageSource) -> dict:
+  """Per-class (and per-group) counts of each part of a ConcatSource, for logs and mixture.json."""
+  parts = source.parts if isinstance(source, ConcatSource) else [source]
+  out = []
+  for part in parts:
+    entry = {"source": part.name, "samples": len(part),
+             "class_counts": part.class_counts().tolist()}
+    if part.groups is not None:
+      ids = part.groups.reshape(len(part), -1)[:, 0]
+      entry["group_counts"] = np.bincount(ids).tolist()
+    out.append(entry)
+  return {"parts": out, "class_counts": source.class_counts().tolist()}
