@@ -715,6 +715,35 @@ def _(ctx):
              ("has label 2, outside the 2 classes", "fix the label"))
 
 
+# -- synthetic sets mixed into classifier training (data.synthetic)
+
+def mixed(ctx: Ctx, *overrides, **sweep) -> list:
+  """train_classifier on the 3-class npz plus one sweep written with `sweep`."""
+  path = write_sweep(ctx.tmp / "sweep" / "samples", **sweep)
+  return npz_case(ctx, f"--config.data.synthetic.paths=('{path}',)", *overrides)
+
+
+@case("synthetic_mix_other_classes")
+def _(ctx):
+  return Bad(mixed(ctx, num_classes=2),
+             ("synthetic set", "has 2 classes but the real data", "has 3",
+              "a generator trained on this data"))
+
+
+@case("synthetic_mix_other_shape")
+def _(ctx):
+  return Bad(mixed(ctx, "--config.data.image_size=0", num_classes=3, image_shape=(6, 6, 1)),
+             ("gives 6x6x1 images but the real train split gives 8x8x1",
+              "sample at the real data's size"))
+
+
+@case("synthetic_mix_bad_fraction")
+def _(ctx):
+  return Bad(mixed(ctx, "--config.data.synthetic.mix=fraction",
+                   "--config.data.synthetic.fraction=1.0", num_classes=3),
+             ("data.synthetic.fraction", "use a fraction in (0, 1)"))
+
+
 # -- evaluate
 
 def evaluate(ctx: Ctx, run_dir, *overrides, data_path=None) -> list:
