@@ -11,6 +11,7 @@ TASKS = {
     "train_diffusion": "jaxsynth.tasks.diffusion:train_diffusion",
     "sample": "jaxsynth.tasks.sample:sample",
     "filter": "jaxsynth.tasks.filter:filter_sweep",
+    "recipe": "jaxsynth.tasks.recipe:recipe",
 }
 
 

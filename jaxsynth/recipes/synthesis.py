@@ -1,0 +1,142 @@
+"""Synthesis recipes on the stage pipeline: each stage's config is derived from the recipe
+config (configs/synthesis.py), and the recipe is compared with its baseline in report.md.
+
+`augment` (stages generator -> sample -> baseline -> augmented): train a class-conditional
+generator on the real train split, sample a sweep (generator.sample.budget: `balance` fills every
+class up to the largest, `counts` adds N per class), and train the classifier on real + synthetic
+(data.synthetic, count mix) beside the baseline trained on the real data with the same seed.
+The task functions are handed in (`tasks`: name -> function), so this module never imports
+tasks/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from jaxsynth import config as config_lib
+from jaxsynth.errors import ConfigError
+from jaxsynth.recipes.pipeline import Pipeline, Stage
+from jaxsynth.training import workdir as workdir_lib
+
+RECIPES = ("augment",)
+#: Metrics of the report's table, when the split has them.
+TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "auc", "sensitivity",
+                 "specificity", "harmonic_mean")
+
+
+def classifier_config(config, synthetic_paths=()):
+  """A train_classifier config: the recipe's data/model/train/evaluate, recipe.classifier's loss."""
+  out = config_lib.base_config("train_classifier")
+  for key in ("seed", "data", "model", "train", "mesh", "evaluate"):
+    out[key] = config[key]
+  out = out.copy_and_resolve_references()
+  out.recipe.name = config.recipe.classifier
+  out.data.synthetic.paths = tuple(synthetic_paths)
+  return out
+
+
+def generator_config(config):
+  """The train_diffusion config: the recipe's real data and seed, generator.* keys."""
+  from configs import diffusion  # pylint: disable=import-outside-toplevel  (config files)
+  out = diffusion.get_config("unet")
+  for key in ("model", "train", "diffusion", "sample"):
+    out[key] = config.generator[key]
+  out.seed, out.mesh, out.data = config.seed, config.mesh, config.data
+  out = out.copy_and_resolve_references()
+  out.data.synthetic.paths = ()
+  return out
+
+
+def sample_config(config, generator_dir: str):
+  """The sample config: the generator's config with task=sample from `generator_dir`."""
+  out = generator_config(config)
+  out.task = "sample"
+  out.sample.run_dir = os.path.abspath(generator_dir)
+  return out
+
+
+def check_config(config) -> None:
+  """Raises ConfigError for a bad recipe key."""
+  if config.recipe.name not in RECIPES:
+    raise ConfigError(f"config key 'recipe.name' has bad value {config.recipe.name!r} for task "
+                      f"recipe; use one of {', '.join(RECIPES)}")
+
+
+def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
+  """generator -> sample -> baseline -> augmented."""
+  r = config.recipe
+  pipe = Pipeline(r.name, workdir, [])
+  stages = [
+      Stage("generator", generator_config(config), tasks["train_diffusion"],
+            reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
+      Stage("sample", None, tasks["sample"]),
+      Stage("baseline", classifier_config(config), tasks["train_classifier"],
+            reuse=r.baseline_workdir, reuse_key="recipe.baseline_workdir"),
+      Stage("augmented", None, tasks["train_classifier"]),
+  ]
+  pipe = Pipeline(r.name, workdir, stages)
+  # later stages read earlier stages' outputs by name
+  pipe.stages["sample"].config = sample_config(config, pipe.dir("generator"))
+  pipe.stages["augmented"].config = classifier_config(
+      config, (os.path.abspath(pipe.dir("sample")),))
+  return pipe
+
+
+def comparison(baseline: dict, recipe: dict, split: str = "test") -> dict:
+  """{metric: {"baseline", "recipe", "delta"}} and per-class accuracy change on `split`."""
+  b, r = baseline.get(split, {}), recipe.get(split, {})
+  out = {}
+  for name in TABLE_METRICS:
+    if b.get(name) is not None and r.get(name) is not None:
+      out[name] = {"baseline": b[name], "recipe": r[name], "delta": r[name] - b[name]}
+  per_class = {"baseline": b.get("per_class_accuracy"), "recipe": r.get("per_class_accuracy")}
+  if per_class["baseline"] and per_class["recipe"]:
+    per_class["delta"] = (np.asarray(per_class["recipe"])
+                          - np.asarray(per_class["baseline"])).tolist()
+  return {"split": split, "metrics": out, "per_class_accuracy": per_class}
+
+
+def report_markdown(name: str, table: dict, stages: dict, command: str) -> str:
+  """report.md: the recipe against its baseline, per-class change, stages and the command."""
+  lines = [f"# Recipe `{name}` vs baseline ({table['split']} split)", "",
+           "| metric | baseline | recipe | change |", "|---|---|---|---|"]
+  for metric, row in table["metrics"].items():
+    lines.append(f"| {metric} | {row['baseline']:.4f} | {row['recipe']:.4f} | "
+                 f"{row['delta']:+.4f} |")
+  per_class = table["per_class_accuracy"]
+  if per_class.get("delta") is not None:
+    lines += ["", "| class | baseline | recipe | change |", "|---|---|---|---|"]
+    for c, (b, r, d) in enumerate(zip(per_class["baseline"], per_class["recipe"],
+                                      per_class["delta"])):
+      lines.append(f"| {c} | {b:.4f} | {r:.4f} | {d:+.4f} |")
+  lines += ["", "## Stages", ""]
+  lines += [f"- `{stage}`: {where}" for stage, where in stages.items()]
+  lines += ["", "## Command", "", f"    {command}", ""]
+  return "\n".join(lines)
+
+
+def run(config, workdir: str, tasks: dict, command: str, stop=None,
+        overwrite: bool = False) -> dict:
+  """Runs the recipe's pipeline in `workdir`, then writes report.md and metrics.json; with
+  `overwrite`, the stages in `workdir` are run again (reused runs are never touched)."""
+  check_config(config)
+  pipe = augment_pipeline(config, workdir, tasks)
+  pipe.check()
+  if overwrite:
+    for stage in pipe.stages.values():
+      if not stage.reuse:
+        shutil.rmtree(stage.directory, ignore_errors=True)
+  results = pipe.run(stop)
+  table = comparison(results["baseline"], results["augmented"])
+  stages = {name: pipe.dir(name) for name in pipe.stages}
+  workdir_lib.write_json(os.path.join(workdir, "comparison.json"), table)
+  text = report_markdown(config.recipe.name, table, stages, command)
+  from jaxsynth import files  # pylint: disable=import-outside-toplevel
+  files.atomic_write(os.path.join(workdir, "report.md"), text.encode())
+  metrics = {"recipe": results["augmented"], "baseline": results["baseline"],
+             "comparison": table, "stages": stages}
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), metrics)
+  return metrics
