@@ -118,6 +118,12 @@ def report_markdown(name: str, table: dict, stages: dict, command: str) -> str:
   return "\n".join(lines)
 
 
+def _shown(directory: str, workdir: str) -> str:
+  """`directory` relative to `workdir` when inside it (so a report does not name the workdir)."""
+  here, there = os.path.abspath(workdir), os.path.abspath(directory)
+  return os.path.relpath(there, here) if there.startswith(here + os.sep) else directory
+
+
 def run(config, workdir: str, tasks: dict, command: str, stop=None,
         overwrite: bool = False) -> dict:
   """Runs the recipe's pipeline in `workdir`, then writes report.md and metrics.json; with
@@ -131,7 +137,7 @@ def run(config, workdir: str, tasks: dict, command: str, stop=None,
         shutil.rmtree(stage.directory, ignore_errors=True)
   results = pipe.run(stop)
   table = comparison(results["baseline"], results["augmented"])
-  stages = {name: pipe.dir(name) for name in pipe.stages}
+  stages = {name: _shown(pipe.dir(name), workdir) for name in pipe.stages}
   workdir_lib.write_json(os.path.join(workdir, "comparison.json"), table)
   text = report_markdown(config.recipe.name, table, stages, command)
   from jaxsynth import files  # pylint: disable=import-outside-toplevel

@@ -74,6 +74,21 @@ def filter_args(sweep_dir: str, classifier_dir: str) -> tuple[str, ...]:
           "--config.filter.batch_size=16")
 
 
+RECIPE_ARGS = ("--config", "configs/synthesis.py:augment_tiny")
+
+
+def recipe_outcome(workdir: str) -> dict:
+  """What a recipe must end with: its metrics, comparison and report tables, every stage's."""
+  out = {"metrics.json": _json_file(os.path.join(workdir, "metrics.json")),
+         "comparison.json": _json_file(os.path.join(workdir, "comparison.json"))}
+  with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
+    out["report.md tables"] = [line for line in f.read().splitlines() if line.startswith("|")]
+  for stage in ("baseline", "augmented"):
+    out[f"{stage}/predictions.npz"] = _npz_arrays(os.path.join(workdir, stage,
+                                                               "predictions.npz"))
+  return out
+
+
 def evaluate_args(run_dir: str) -> tuple[str, ...]:
   """Evaluation of the classifier run in `run_dir` (its own config's model and data keys)."""
   return CLASSIFIER_ARGS + ("--config.task=evaluate", f"--config.evaluate.run_dir={run_dir}",
@@ -311,6 +326,10 @@ CASES = {
         ("scores.before_rename", "shard.before_rename", "manifest.before_rename",
          "file.before_rename"),
         needs=("sample", "train_classifier")),
+    "recipe": TaskCase(
+        "recipe", lambda inputs: RECIPE_ARGS, recipe_outcome,
+        ("checkpoint.save_in_flight", "loop.after_checkpoint", "task.before_metrics",
+         "shard.before_rename", "manifest.before_rename", "file.before_rename")),
 }
 
 

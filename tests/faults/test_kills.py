@@ -18,6 +18,9 @@ KILL_CHAINS = [
     # Round 0 has 10 shards, so the first kill lands in round 1, the top-up round.
     ("filtered_sample", ["point:shard.before_rename@12", "point:scores.before_rename@2"]),
     ("filter", ["point:scores.before_rename@3"]),
+    # The recipe: killed inside the baseline stage (before its metrics), then inside the
+    # augmented stage's training (the generator and sample stages are done by then).
+    ("recipe", ["point:task.before_metrics@2", "point:loop.after_checkpoint@2"]),
 ]
 
 
