@@ -37,24 +37,6 @@ def test_augment_runs_every_stage_and_writes_the_report(augment_run):
   assert row["recipe"] == ours["accuracy"] and row["baseline"] == base["accuracy"]
 
 
-def test_removed_later_stages_are_redone_and_give_the_same_metrics(augment_run, tmp_path):
-  """A run interrupted after each stage (later stages' outputs absent) finishes identically."""
-  expected = table(augment_run)
-  workdir = str(tmp_path / "again")
-  recipe(synthesis.get_config("augment_tiny"), workdir)
-  assert table(workdir)[1:] == expected[1:]  # same config and seed, same metrics
-  for removed in (("augmented",), ("sample", "augmented"), ("baseline", "augmented")):
-    for name in removed + ("metrics.json", "report.md"):
-      path = os.path.join(workdir, name)
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    before = {s: os.stat(os.path.join(workdir, s, "metrics.json")).st_mtime_ns
-              for s in ("generator", "sample", "baseline", "augmented") if s not in removed}
-    recipe(synthesis.get_config("augment_tiny"), workdir)
-    after = {s: os.stat(os.path.join(workdir, s, "metrics.json")).st_mtime_ns for s in before}
-    assert after == before  # finished stages were skipped
-    assert table(workdir)[1:] == expected[1:]
-
-
 def test_reused_generator_and_baseline_are_never_written(augment_run, tmp_path):
   config = synthesis.get_config("augment_tiny")
   config.recipe.generator_workdir = os.path.join(augment_run, "generator")
@@ -75,3 +57,21 @@ def test_reused_generator_of_other_data_is_refused(augment_run, tmp_path):
   config.recipe.generator_workdir = os.path.join(augment_run, "generator")
   with pytest.raises(ConfigError, match="recipe.generator_workdir.*data.imbalance_ratio"):
     recipe(config, str(tmp_path / "other"))
+
+
+def test_removed_later_stages_are_redone_and_give_the_same_metrics(augment_run, tmp_path):
+  """A run interrupted after each stage (later stages' outputs absent) finishes identically.
+  It edits the module's run in place, so it comes last."""
+  del tmp_path
+  expected = table(augment_run)
+  workdir = augment_run
+  for removed in (("augmented",), ("sample", "augmented"), ("baseline", "augmented")):
+    for name in removed + ("metrics.json", "report.md"):
+      path = os.path.join(workdir, name)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    before = {s: os.stat(os.path.join(workdir, s, "metrics.json")).st_mtime_ns
+              for s in ("generator", "sample", "baseline", "augmented") if s not in removed}
+    recipe(synthesis.get_config("augment_tiny"), workdir)
+    after = {s: os.stat(os.path.join(workdir, s, "metrics.json")).st_mtime_ns for s in before}
+    assert after == before  # finished stages were skipped
+    assert table(workdir)[1:] == expected[1:]
