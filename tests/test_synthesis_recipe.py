@@ -75,3 +75,11 @@ def test_removed_later_stages_are_redone_and_give_the_same_metrics(augment_run, 
     after = {s: os.stat(os.path.join(workdir, s, "metrics.json")).st_mtime_ns for s in before}
     assert after == before  # finished stages were skipped
     assert table(workdir)[1:] == expected[1:]
+
+
+def test_bad_generator_key_is_refused_before_any_stage_runs(tmp_path):
+  config = synthesis.get_config("augment_tiny")
+  config.generator.diffusion.prediction = "noise"
+  with pytest.raises(ConfigError, match="stage generator of recipe augment.*diffusion.prediction"):
+    recipe(config, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")

@@ -5,8 +5,33 @@ from __future__ import annotations
 import shlex
 import sys
 
+from jaxsynth import config as config_lib
+from jaxsynth.data.sources import check_data
+from jaxsynth.errors import ConfigError
 from jaxsynth.recipes import synthesis
 from jaxsynth.training import workdir as workdir_lib
+
+STAGE_TASKS = ("train_diffusion", "sample", "train_classifier")
+
+
+def check_stages(pipe) -> None:
+  """Checks every stage's config before the first stage runs; the error names the stage."""
+  from jaxsynth.tasks import TASKS, diffusion  # pylint: disable=import-outside-toplevel
+  for stage in pipe.stages.values():
+    if stage.reuse:
+      continue
+    c = stage.config
+    try:
+      config_lib.validate(c, TASKS)
+      if c.task == "train_diffusion":
+        diffusion.check_config(c)
+      elif c.task == "train_classifier":
+        check_data(c.data, ["train", "val", *c.evaluate.splits], c.seed)
+    except ConfigError as e:
+      raise ConfigError(f"stage {stage.name} of recipe {pipe.name}: {e} (set it under the "
+                        "recipe config's keys for that stage, e.g. generator.* for the "
+                        "generator)") from None
+  pipe.check()
 
 
 def recipe(config, workdir: str, overwrite: bool = False, stop=None) -> dict:
@@ -16,8 +41,9 @@ def recipe(config, workdir: str, overwrite: bool = False, stop=None) -> dict:
   done = workdir_lib.finished_results(workdir, config, overwrite)
   if done is not None:
     return done
+  tasks = {name: get_task(name) for name in STAGE_TASKS}
+  check_stages(synthesis.augment_pipeline(config, workdir, tasks))
   workdir_lib.check_prepare(workdir, config, overwrite)
   workdir_lib.prepare(workdir, config, overwrite)
-  tasks = {name: get_task(name) for name in ("train_diffusion", "sample", "train_classifier")}
   command = "python -m jaxsynth.main " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   return synthesis.run(config, workdir, tasks, command, stop, overwrite)
