@@ -47,17 +47,21 @@ def budgets_from_training(train_labels, train_probs, num_classes: int, total: in
   return aas_budgets(acc, total, adaptive), acc
 
 
-def pool_sizes(budgets_per_epoch, mode: str) -> list[int]:
-  """Synthetic samples trained on in each epoch: the newest set (`replace`) or all so far
-  (`accumulate`)."""
+def _check_pool_mode(mode: str) -> None:
   if mode not in POOL_MODES:
     raise ConfigError(f"config key 'recipe.pool' has bad value {mode!r}; use one of "
                       f"{', '.join(POOL_MODES)}")
+
+
+def pool_sizes(budgets_per_epoch, mode: str) -> list[int]:
+  """Synthetic samples trained on in each epoch: the newest set (`replace`) or all so far
+  (`accumulate`)."""
+  _check_pool_mode(mode)
   sizes = [int(np.sum(b)) for b in budgets_per_epoch]
   return sizes if mode == "replace" else np.cumsum(sizes).tolist()
 
 
 def pool(sets: list, mode: str) -> list:
   """The synthetic sets the next epoch trains on, given every epoch's set so far."""
-  pool_sizes([[0]] * len(sets), mode)  # validates `mode`
+  _check_pool_mode(mode)
   return list(sets[-1:]) if mode == "replace" else list(sets)

@@ -17,6 +17,7 @@ import shutil
 import numpy as np
 
 from jaxsynth import config as config_lib
+from jaxsynth import files
 from jaxsynth.errors import ConfigError
 from jaxsynth.recipes.pipeline import Pipeline, Stage
 from jaxsynth.training import workdir as workdir_lib
@@ -68,7 +69,6 @@ def check_config(config) -> None:
 def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   """generator -> sample -> baseline -> augmented."""
   r = config.recipe
-  pipe = Pipeline(r.name, workdir, [])
   stages = [
       Stage("generator", generator_config(config), tasks["train_diffusion"],
             reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
@@ -140,7 +140,6 @@ def run(config, workdir: str, tasks: dict, command: str, stop=None,
   stages = {name: _shown(pipe.dir(name), workdir) for name in pipe.stages}
   workdir_lib.write_json(os.path.join(workdir, "comparison.json"), table)
   text = report_markdown(config.recipe.name, table, stages, command)
-  from jaxsynth import files  # pylint: disable=import-outside-toplevel
   files.atomic_write(os.path.join(workdir, "report.md"), text.encode())
   metrics = {"recipe": results["augmented"], "baseline": results["baseline"],
              "comparison": table, "stages": stages}
