@@ -8,8 +8,15 @@ Variants (`--config configs/diffusion.py:VARIANT`): `unet` (default; an ADM-styl
   python -m jaxsynth.main --config configs/diffusion.py:sample --workdir runs/sweep \
       --config.sample.run_dir=runs/diff --config.sample.budget=balance
 
-A sweep takes the model, data and noise schedule from the trained run's config.json; its own
-config supplies `seed`, `mesh` and the `sample.*` keys.
+A sweep takes the model, data, noise schedule and conditioning from the trained run's
+config.json; its own config supplies `seed`, `mesh` and the `sample.*` keys.
+
+Group-conditioned generators (FairDiff-style group balancing) need data with group ids (an .npz
+with `{split}_groups`; the group id is column 0 of (N, G)) and `diffusion.condition=group` or
+`class_group`. A sweep of a class_group run draws `sample.cell_counts` (budget=counts) or tops
+up every (class, group) cell (budget=balance) and writes `groups` beside `labels`; a sweep of a
+group run writes labels 0 (num_classes 1 in its manifest) and the groups (see
+jaxsynth/data/conditions.py).
 """
 
 import ml_collections
@@ -53,6 +60,8 @@ def get_config(variant: str | None = None):
   train.sample_every = 500          # steps between per-class sample grids (0 = none)
 
   config.diffusion = d = ml_collections.ConfigDict()
+  d.condition = "class"             # the denoiser's label: class | group | class_group (cell id
+  #                                   class * num_groups + group); group* need data with groups
   d.schedule = "linear"             # linear | cosine | scaled_linear (beta schedule)
   d.num_timesteps = 1000            # T
   d.prediction = "eps"              # what the denoiser outputs: eps | x0 | v
@@ -69,11 +78,17 @@ def get_config(variant: str | None = None):
   config.sample = s = ml_collections.ConfigDict()
   s.run_dir = ""                    # the train_diffusion workdir to sample from (required)
   s.checkpoint = "latest"           # latest | best (lowest validation loss)
-  s.budget = "balance"              # counts | balance | ratio: how many samples per class
+  s.budget = "balance"              # counts | balance | ratio: how many samples per class (per
+  #                                   group / cell for a condition=group / class_group run)
   s.class_counts = ()               # counts: samples per class, e.g. (500, 0)
-  s.per_class = 0                   # balance: top every class up to this; 0 = the largest class
+  s.group_counts = ()               # counts, condition=group runs: samples per group
+  s.cell_counts = ()                # counts, condition=class_group runs: num_classes*num_groups
+  #                                   counts, class-major: (c0g0, c0g1, ..., c1g0, ...)
+  s.per_class = 0                   # balance: top every class (group, cell) up to this; 0 = the
+  #                                   largest one
   s.total = 0                       # ratio: total samples
-  s.ratio = ()                      # ratio: fraction per class, e.g. (0.3, 0.7) (normalised)
+  s.ratio = ()                      # ratio: fraction per class, e.g. (0.3, 0.7) (normalised;
+  #                                   condition=class runs only)
   s.shard_size = 256                # samples per shard file
   s.batch_size = 64                 # global sampling batch (a multiple of the device count)
   s.sampler = "ddim"                # ddpm | ddim | dpm_solver_pp_2m

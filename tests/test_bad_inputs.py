@@ -837,6 +837,13 @@ def _(ctx):
              ("x.npz does not exist", "set data.path"))
 
 
+@case("diffusion_condition_without_groups")
+def _(ctx):
+  return Bad(diffusion(ctx, "--config.diffusion.condition=class_group"),
+             ("config key 'diffusion.condition' = 'class_group' needs group ids",
+              "{split}_groups", "set diffusion.condition=class"))
+
+
 # -- sample
 
 def sample(ctx: Ctx, run_dir, *overrides) -> list:
@@ -901,6 +908,15 @@ def _(ctx):
   return Bad(sample(ctx, run, "--config.sample.budget=counts",
                     "--config.sample.class_counts=(5,5)"),
              ("config key 'sample.class_counts'", "for each of the 10 classes"), reads=(run,))
+
+
+@case("sample_cell_counts_for_a_class_run")
+def _(ctx):
+  run = ctx.diffusion_run()
+  return Bad(sample(ctx, run, "--config.sample.budget=counts",
+                    "--config.sample.cell_counts=(1,2)"),
+             ("config key 'sample.cell_counts' is set", "diffusion.condition=class",
+              "use sample.class_counts"), reads=(run,))
 
 
 def _previous_sweep(ctx: Ctx, run: str, with_config: bool) -> None:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from jaxsynth.data.base import ImageSource
+from jaxsynth.data.base import ImageSource, group_ids
 from jaxsynth.data.pipeline import input_shape
 from jaxsynth.errors import ConfigError, DataError
 
@@ -32,9 +32,9 @@ class ConcatSource(ImageSource):
     first = parts[0]
     labels = np.concatenate([p.labels for p in parts])
     has_groups = all(p.groups is not None for p in parts)
-    groups = (np.concatenate([p.groups.reshape(len(p), -1)[:, :1] for p in parts])
-              if has_groups else None)
-    super().__init__(labels, first.num_classes, first.image_shape, groups, first.class_names)
+    groups = (np.concatenate([group_ids(p)[:, None] for p in parts]) if has_groups else None)
+    super().__init__(labels, first.num_classes, first.image_shape, groups, first.class_names,
+                     getattr(first, "group_names", ()))
     self.parts = list(parts)
     self.offsets = np.cumsum([0] + [len(p) for p in parts])
     self.origin = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
@@ -95,7 +95,6 @@ def counts(source: ImageSource) -> dict:
     entry = {"source": part.name, "samples": len(part),
              "class_counts": part.class_counts().tolist()}
     if part.groups is not None:
-      ids = part.groups.reshape(len(part), -1)[:, 0]
-      entry["group_counts"] = np.bincount(ids).tolist()
+      entry["group_counts"] = np.bincount(group_ids(part)).tolist()
     out.append(entry)
   return {"parts": out, "class_counts": source.class_counts().tolist()}

@@ -11,9 +11,14 @@ may add its settings, progress or provenance):
                 shards in sample order; `file` is relative to the directory, `count` its number
                 of samples, `sha256` (optional) the digest of the file's bytes
   class_names   optional list of num_classes strings
+  num_groups    optional int > 0: the shards also hold `groups`, every id in [0, num_groups)
+  group_names   optional list of num_groups strings
+  condition     optional: what the generator was conditioned on (class | group | class_group;
+                see data/conditions.py)
 
 Each shard is an uncompressed, pickle-free .npz with `images` uint8 (N, H, W, C), `labels`
-int64 (N,) and `index` int64 (N,), the global sample index. A shard is written once to a
+int64 (N,) and `index` int64 (N,), the global sample index, and `groups` int64 (N,) when the
+manifest has num_groups. A shard is written once to a
 temporary name and renamed into place; a finished shard never changes. Readers check a listed
 shard's bytes against its `sha256`, so a truncated or damaged shard is never read as data.
 """
@@ -70,8 +75,9 @@ def quarantine(directory: str, path: str) -> str:
 
 
 def write_shard(directory: str, shard_id: int, images, labels, index,
-                overwrite: bool = False) -> dict:
-  """Writes one shard atomically; returns its manifest entry `{"file", "count", "sha256"}`."""
+                overwrite: bool = False, groups=None) -> dict:
+  """Writes one shard atomically (with `groups` when given); returns its manifest entry
+  `{"file", "count", "sha256"}`."""
   images = np.asarray(images)
   labels = np.asarray(labels)
   index = np.asarray(index)
@@ -79,7 +85,11 @@ def write_shard(directory: str, shard_id: int, images, labels, index,
     raise DataError(f"shard {shard_id}: images must be uint8 (N, H, W, C), "
                     f"got {images.dtype} {images.shape}")
   n = images.shape[0]
-  for key, array in (("labels", labels), ("index", index)):
+  integers = (("labels", labels), ("index", index))
+  if groups is not None:
+    groups = np.asarray(groups)
+    integers += (("groups", groups),)
+  for key, array in integers:
     if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
       raise DataError(f"shard {shard_id}: {key} must be integers of shape ({n},), "
                       f"got {array.dtype} {array.shape}")
@@ -89,10 +99,19 @@ def write_shard(directory: str, shard_id: int, images, labels, index,
   if os.path.exists(path) and not overwrite:
     raise DataError(f"shard {path} already exists and a finished shard never changes: "
                     "skip it, or pass overwrite=True")
-  arrays = {"images": images, "labels": labels.astype(np.int64), "index": index.astype(np.int64)}
+  arrays = shard_arrays(images, labels, index, groups)
   data = npz_bytes(arrays)
   files.atomic_write(path, data, fault="shard.before_rename")
   return {"file": name, "count": int(n), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def shard_arrays(images, labels, index, groups=None) -> dict:
+  """The arrays of a shard in the order they are written (`groups` only when given)."""
+  arrays = {"images": images, "labels": np.asarray(labels).astype(np.int64),
+            "index": np.asarray(index).astype(np.int64)}
+  if groups is not None:
+    arrays["groups"] = np.asarray(groups).astype(np.int64)
+  return arrays
 
 
 def npz_bytes(arrays: dict) -> bytes:
@@ -131,6 +150,16 @@ def validate_manifest(manifest: dict, where: str) -> dict:
   names = manifest.get("class_names")
   if names is not None and (not isinstance(names, (list, tuple)) or len(names) != num_classes):
     raise DataError(f"{where} key 'class_names' must list {num_classes} names, got {names!r}")
+  groups = manifest.get("num_groups")
+  if groups is not None and (not isinstance(groups, int) or isinstance(groups, bool)
+                             or groups < 1):
+    raise DataError(f"{where} key 'num_groups' is {groups!r}: use a positive integer (the "
+                    "shards then hold 'groups'), or drop the key")
+  names = manifest.get("group_names")
+  if names is not None and (groups is None or not isinstance(names, (list, tuple))
+                            or len(names) != groups):
+    raise DataError(f"{where} key 'group_names' must list num_groups ({groups}) names, got "
+                    f"{names!r}")
   return manifest
 
 
@@ -210,6 +239,19 @@ def read_shard_labels(directory: str, entry: dict) -> tuple[np.ndarray, np.ndarr
   labels, index = _load(directory, entry, ("labels", "index"))
   _check_integers(directory, entry, labels=labels, index=index)
   return labels.astype(np.int64), index.astype(np.int64)
+
+
+def read_shard_groups(directory: str, entry: dict, num_groups: int | None = None) -> np.ndarray:
+  """The `groups` int64 (N,) of one shard (with `num_groups`, every id checked to lie in
+  [0, num_groups))."""
+  (groups,) = _load(directory, entry, ("groups",))
+  _check_integers(directory, entry, groups=groups)
+  if num_groups is not None and groups.size and (groups.min() < 0 or groups.max() >= num_groups):
+    bad = groups[(groups < 0) | (groups >= num_groups)][0]
+    raise DataError(f"shard {os.path.join(directory, entry['file'])} key 'groups' holds id "
+                    f"{int(bad)}, outside the manifest's num_groups [0, {num_groups}): re-run "
+                    "the sampling stage")
+  return groups.astype(np.int64)
 
 
 def read_shard_images(directory: str, entry: dict, image_shape) -> np.ndarray:

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from jaxsynth.data import synthetic_format
-from jaxsynth.data.base import SPLITS
+from jaxsynth.data.base import SPLITS, group_ids
 from jaxsynth.errors import DataError
 
 
@@ -83,8 +83,9 @@ def _sweep(directory: str) -> ImageSet:
   source = SyntheticSource(directory)
   images = [synthetic_format.read_shard_images(source.directory, entry, source.image_shape)
             for entry in source.shards]
-  return _checked(ImageSet(source.directory, np.concatenate(images), source.labels, None,
-                           tuple(source.manifest.get("class_names") or ()), (), source.index))
+  return _checked(ImageSet(source.directory, np.concatenate(images), source.labels,
+                           source.groups, tuple(source.manifest.get("class_names") or ()),
+                           source.group_names, source.index))
 
 
 def _folder(directory: str, split: str | None) -> ImageSet:
@@ -102,7 +103,7 @@ def _folder(directory: str, split: str | None) -> ImageSet:
                     f"{[f'{s}.csv' for s in present] or 'none'}")
   source = FolderSource(directory, split)
   images = np.stack([source.load_image(i) for i in range(len(source))])
-  groups = None if source.groups is None else source.groups.reshape(len(source), -1)[:, 0]
+  groups = group_ids(source)
   return _checked(ImageSet(source.csv_path, images, source.labels, groups,
                            tuple(source.class_names)))
 
@@ -153,5 +154,5 @@ def from_source(source, image_shape=None) -> ImageSet:
     images = [image if image.shape[:2] == (h, w) else augment.resize(image, h)
               for image in images]
   stacked = np.stack(images) if images else np.zeros((0, *(image_shape or (1, 1, 1))), np.uint8)
-  return _checked(ImageSet(source.name, stacked, source.labels, source.groups,
-                           tuple(source.class_names)))
+  return _checked(ImageSet(source.name, stacked, source.labels, group_ids(source),
+                           tuple(source.class_names), tuple(getattr(source, "group_names", ()))))

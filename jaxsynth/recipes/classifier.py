@@ -21,7 +21,7 @@ from clu import parameter_overview
 from jaxsynth import config as config_lib
 from jaxsynth import faults
 from jaxsynth.data import augment, mixture, pipeline
-from jaxsynth.data.base import ImageSource
+from jaxsynth.data.base import ImageSource, group_ids
 from jaxsynth.data.pipeline import input_shape
 from jaxsynth.data.sources import open_source
 from jaxsynth.data.sources.synthetic import SyntheticSource
@@ -363,8 +363,7 @@ def score_predictions(config, num_classes: int, predictions: dict, state=None, p
     metrics["threshold"] = threshold
     if groups and split in groups:
       source = groups[split]
-      ids = source.groups.reshape(len(source), -1)[:, 0]
-      metrics["groups"] = group_metrics(labels, probs, ids, num_classes, ev.positive_class,
+      metrics["groups"] = group_metrics(labels, probs, group_ids(source), num_classes, ev.positive_class,
                                         threshold, getattr(source, "group_names", ()))
     if ev.bootstrap > 0:
       metrics["ci95"] = report.bootstrap_intervals(labels, probs, num_classes, ev.bootstrap,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxsynth.data import base
 from jaxsynth.data.pipeline import stream_rng
 from jaxsynth.errors import DataError
 from jaxsynth.synthesis.sweep import largest_remainder
@@ -22,7 +23,7 @@ def group_ids(source, what: str = "the training data") -> np.ndarray:
     raise DataError(f"recipe.name=equal_scale needs groups, but {what} ({source.name}) has none:"
                     " use data with {split}_groups (e.g. HAM10000's acquisition site), or "
                     "another recipe")
-  return source.groups.reshape(len(source), -1)[:, 0]
+  return base.group_ids(source)
 
 
 def equal_scale_plan(labels, groups, num_classes: int, seed: int, target: int = 0) -> dict:

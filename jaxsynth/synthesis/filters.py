@@ -11,8 +11,8 @@ Two judges (`filter.name`):
 
 Scoring a sweep writes one `scores/shard-NNNNN.npz` (index, labels, score, accept) per input
 shard, so a killed run rescores nothing it finished. `write_accepted` then writes the kept
-samples in global-index order as a new sweep (same shard format, the original `index` kept,
-plus `score`): equal inputs give byte-identical shards.
+samples in global-index order as a new sweep (same shard format, the original `index` and any
+`groups` kept, plus `score`): equal inputs give byte-identical shards.
 """
 
 from __future__ import annotations
@@ -352,15 +352,17 @@ def write_accepted(out_dir: str, sources: list[tuple[str, dict]], keep_by_source
   """Writes the kept samples of the sweeps `sources` [(directory, scores)] as a new sweep.
 
   Rows are taken in order (sources, then shards, then rows: increasing global index), with
-  their images, labels, original `index` and `score`, into shards of `shard_size`; an
-  existing shard equal to what would be written is kept, a different one is quarantined and
-  rewritten. Returns the manifest written (`header` plus the shard list, complete).
+  their images, labels, original `index`, `groups` (when `header` has num_groups) and
+  `score`, into shards of `shard_size`; an existing shard equal to what would be written is
+  kept, a different one is quarantined and rewritten. Returns the manifest written (`header` plus the shard list, complete).
   """
   writer = jax.process_index() == 0  # every process computes the list, process 0 writes
   if writer:
     files.remove_stale_temporaries(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-  entries, buffer, k = [], {key: [] for key in ("images", "labels", "index", "score")}, 0
+  num_groups = header.get("num_groups")
+  keys = ("images", "labels", "index") + (("groups",) if num_groups else ()) + ("score",)
+  entries, buffer, k = [], {key: [] for key in keys}, 0
 
   def flush(count: int):
     nonlocal k
@@ -368,10 +370,9 @@ def write_accepted(out_dir: str, sources: list[tuple[str, dict]], keep_by_source
     for key, v in buffer.items():
       rest = np.concatenate(v)[count:]
       buffer[key] = [rest] if len(rest) else []
-    data = synthetic_format.npz_bytes({"images": rows["images"],
-                                       "labels": rows["labels"].astype(np.int64),
-                                       "index": rows["index"].astype(np.int64),
-                                       "score": rows["score"].astype(np.float32)})
+    arrays = synthetic_format.shard_arrays(rows["images"], rows["labels"], rows["index"],
+                                           rows.get("groups"))
+    data = synthetic_format.npz_bytes({**arrays, "score": rows["score"].astype(np.float32)})
     name = synthetic_format.shard_filename(k)
     path = os.path.join(out_dir, name)
     if writer and os.path.exists(path):
@@ -397,9 +398,12 @@ def write_accepted(out_dir: str, sources: list[tuple[str, dict]], keep_by_source
       if rows.any():
         images, labels, index = synthetic_format.read_shard(directory, entry,
                                                              manifest["image_shape"])
-        for key, value in (("images", images[rows]), ("labels", labels[rows]),
-                           ("index", index[rows]),
-                           ("score", scores["score"][offset:offset + entry["count"]][rows])):
+        values = {"images": images[rows], "labels": labels[rows], "index": index[rows],
+                  "score": scores["score"][offset:offset + entry["count"]][rows]}
+        if num_groups:
+          values["groups"] = synthetic_format.read_shard_groups(directory, entry,
+                                                                num_groups)[rows]
+        for key, value in values.items():
           buffer[key].append(value)
         while buffered() >= shard_size:
           flush(shard_size)

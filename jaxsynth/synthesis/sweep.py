@@ -2,10 +2,12 @@
 that writes `samples/shard-NNNNN.npz` and `manifest.json` (format: data/synthetic_format.py).
 
 The sweep is a fixed list of N samples: sample i has label `labels[i]` (an interleaved
-enumeration of the class budget) and its randomness comes from fold_in(root_key, i) inside the
-sampler, so sample i is the same image whatever the batch size, the device count or where a
-killed sweep resumed. Shard k holds samples [k·S, min((k+1)·S, N)) and belongs to process
-k mod P; a finished shard is never rewritten, so a resumed sweep has no gap and no duplicate.
+enumeration of the class budget; for a group-conditioned generator, of the budget per group or
+(class, group) cell, with the group written to `groups[i]`) and its randomness comes from
+fold_in(root_key, i) inside the sampler, so sample i is the same image whatever the batch size,
+the device count or where a killed sweep resumed. Shard k holds samples [k·S, min((k+1)·S, N))
+and belongs to process k mod P; a finished shard is never rewritten, so a resumed sweep has no
+gap and no duplicate.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from jaxsynth import files
 from jaxsynth.data import synthetic_format
+from jaxsynth.data.conditions import Conditioning
 from jaxsynth.errors import CheckpointError, ConfigError, DataError
 from jaxsynth.synthesis import filters
 from jaxsynth.training import parallel
@@ -38,7 +41,9 @@ PLAN_FILE = "plan.json"     # the sweep's plan, written once at its start (never
 PLAN_KEYS = ("num_classes", "image_shape", "counts", "total", "shard_size", "seed", "run_dir",
              "checkpoint", "compute_dtype", "sampler", "schedule", "label_order")
 # Plan keys added later, with the value a plan recorded before them has.
-OPTIONAL_PLAN_KEYS = {"first_index": 0, "filter": None}
+OPTIONAL_PLAN_KEYS = {"first_index": 0, "filter": None, "condition": "class", "num_groups": None}
+# The per-condition counts key of sample.budget=counts, by diffusion.condition.
+COUNTS_KEYS = {"class": "class_counts", "group": "group_counts", "class_group": "cell_counts"}
 
 
 def largest_remainder(total: int, weights) -> np.ndarray:
@@ -85,6 +90,56 @@ def class_budget(sample_cfg, num_classes: int, train_counts=None) -> np.ndarray:
   return counts
 
 
+def condition_budget(sample_cfg, conditioning: Conditioning, train_counts=None) -> np.ndarray:
+  """Samples to draw per condition id (class, group or class-major cell; data/conditions.py).
+
+  budget=counts reads the counts key of the run's condition (COUNTS_KEYS), balance tops every
+  condition up to sample.per_class (`train_counts` per condition id), ratio is per class only.
+  """
+  mode = conditioning.mode
+  if mode == "class":
+    for key in ("group_counts", "cell_counts"):
+      if tuple(sample_cfg.get(key, ())):
+        raise ConfigError(f"config key 'sample.{key}' is set but the trained run is "
+                          "conditioned on classes (diffusion.condition=class): use "
+                          "sample.class_counts, or leave it empty")
+    return class_budget(sample_cfg, conditioning.num_classes, train_counts)
+  key, n = COUNTS_KEYS[mode], conditioning.num_conditions
+  shape = (f"{conditioning.num_groups} groups" if mode == "group" else
+           f"{conditioning.num_classes} classes x {conditioning.num_groups} groups = {n} "
+           "cells, class-major")
+  for other in set(COUNTS_KEYS.values()) - {key}:
+    if tuple(sample_cfg.get(other, ())):
+      raise ConfigError(f"config key 'sample.{other}' is set but the trained run is "
+                        f"conditioned on '{mode}' (diffusion.condition): give sample.{key}, "
+                        f"one count per condition ({shape})")
+  if sample_cfg.budget == "ratio":
+    raise ConfigError(f"config key 'sample.budget' = 'ratio' is per class, but the trained run "
+                      f"is conditioned on '{mode}': use budget=counts with sample.{key} "
+                      f"({shape}) or budget=balance")
+  if sample_cfg.budget == "counts":
+    counts = np.asarray(tuple(sample_cfg.get(key, ())), np.int64)
+    if counts.shape != (n,) or np.any(counts < 0):
+      raise ConfigError(f"config key 'sample.{key}' = {tuple(sample_cfg.get(key, ()))} must "
+                        f"give {n} counts >= 0, one per condition ({shape})")
+    if counts.sum() == 0:
+      raise ConfigError(f"config key 'sample.{key}' asks for no samples at all: give some "
+                        "counts > 0")
+    return counts
+  # balance over the conditions: the class rule with one "class" per condition id
+  return class_budget(sample_cfg, n, train_counts)
+
+
+def make_plan(counts, shard_size: int, conditioning: Conditioning | None = None,
+              first_index: int = 0) -> "Plan":
+  """The plan of `counts` samples per condition id (interleaved), split into (labels, groups)."""
+  ids = label_order(counts)
+  if conditioning is None or not conditioning.uses_groups:
+    return Plan(ids, int(shard_size), first_index)
+  labels, groups = conditioning.split(ids)
+  return Plan(labels, int(shard_size), first_index, groups, ids)
+
+
 def label_order(counts) -> np.ndarray:
   """labels[i] of global sample i: classes interleaved in proportion to their counts."""
   # Class c's k-th sample sits at "time" (k + 1/2)/n_c; sorting by time (ties by class) spreads
@@ -109,6 +164,13 @@ class Plan:
   labels: np.ndarray      # (N,) label of each sample, in order
   shard_size: int
   first_index: int = 0    # global index of the first sample (a filtered sweep's later rounds)
+  groups: np.ndarray | None = None      # (N,) group of each sample (group-conditioned runs)
+  conditions: np.ndarray | None = None  # (N,) the denoiser's condition ids; None = labels
+
+  @property
+  def condition_ids(self) -> np.ndarray:
+    """(N,) what the sampler is conditioned on for each sample."""
+    return self.labels if self.conditions is None else self.conditions
 
   @property
   def num_shards(self) -> int:
@@ -246,10 +308,13 @@ def finished_shards(directory: str, plan: Plan, owned: list[int], image_shape,
         raise DataError(f"shard {path} is damaged: its bytes do not match the sha256 in "
                         f"{synthetic_format.MANIFEST}")
       images, labels, index = synthetic_format.read_shard(directory, entry, image_shape)
+      groups = None
+      if plan.groups is not None:
+        groups = synthetic_format.read_shard_groups(directory, entry)
       # The writer is deterministic, so a good shard is exactly the encoding of its arrays:
       # this catches damage the CRCs do not cover (zip headers), manifest or not.
-      if data != synthetic_format.npz_bytes({"images": images, "labels": labels,
-                                              "index": index}):
+      if data != synthetic_format.npz_bytes(synthetic_format.shard_arrays(images, labels,
+                                                                           index, groups)):
         raise DataError(f"shard {path} is damaged: its bytes are not the encoding of its "
                         "arrays")
     except DataError as e:
@@ -258,7 +323,8 @@ def finished_shards(directory: str, plan: Plan, owned: list[int], image_shape,
       continue
     start, stop = plan.shard_range(k)
     if not (np.array_equal(index, np.arange(*plan.global_range(k)))
-            and np.array_equal(labels, plan.labels[start:stop])):
+            and np.array_equal(labels, plan.labels[start:stop])
+            and (plan.groups is None or np.array_equal(groups, plan.groups[start:stop]))):
       raise DataError(f"shard {path} does not hold samples "
                       f"{plan.first_index + start}..{plan.first_index + stop - 1} of this "
                       "sweep's plan: the sweep settings changed; "
@@ -325,7 +391,7 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
       valid = len(chunk)
       index = np.array([i for _, i in chunk] + [plan.first_index] * (local_batch - valid),
                        np.int32)
-      labels = plan.labels[index - plan.first_index].astype(np.int32)
+      labels = plan.condition_ids[index - plan.first_index].astype(np.int32)
       batch = parallel.to_global({"labels": labels, "index": index}, sharding)
       images = to_uint8(_local_rows(sampler(params, batch["labels"], batch["index"], root_key)),
                         mean, std)
@@ -335,9 +401,10 @@ def run_sweep(sampler: Callable, params, root_key: jax.Array, plan: Plan, direct
         start, stop_index = plan.shard_range(k)
         if len(buffers[k]) == stop_index - start:
           rows = buffers.pop(k)
-          written = synthetic_format.write_shard(directory, k, np.stack([r[1] for r in rows]),
-                                                 plan.labels[start:stop_index],
-                                                 np.array([r[0] for r in rows], np.int64))
+          written = synthetic_format.write_shard(
+              directory, k, np.stack([r[1] for r in rows]), plan.labels[start:stop_index],
+              np.array([r[0] for r in rows], np.int64),
+              groups=None if plan.groups is None else plan.groups[start:stop_index])
           digests[k] = written["sha256"]
           finished[k] = 1
       finished = _allgather_max(finished)
@@ -380,8 +447,12 @@ def next_round_counts(budget, attempted, accepted, max_attempts: float) -> np.nd
 def run_filtered_sweep(sampler: Callable, params, root_key: jax.Array, budget, workdir: str,
                        scorer, *, shard_size: int, batch_size: int, mesh, mean, std,
                        manifest: dict, max_attempts: float,
-                       stop: StopRequest | None = None) -> dict:
+                       stop: StopRequest | None = None,
+                       conditioning: Conditioning | None = None) -> dict:
   """Draws candidates in rounds until every class has `budget` accepted samples (or its cap).
+
+  With a group-conditioned `conditioning`, "class" reads "condition id" (group or cell)
+  throughout: `budget` is per condition id and the accepted set keeps the `groups`.
 
   Round 0 is the plain sweep of `budget`; round r+1 draws fresh global indices (after every
   earlier round's) for the classes still short, sized by `next_round_counts`. Each round is a
@@ -393,11 +464,11 @@ def run_filtered_sweep(sampler: Callable, params, root_key: jax.Array, budget, w
   budget = np.asarray(budget, np.int64)
   num_classes = budget.size
   attempted, accepted = np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64)
-  counts, first, rounds = budget, 0, []
+  counts, first, rounds, ids = budget, 0, [], []
   while counts.sum() > 0:
     r = len(rounds)
     directory = round_dir(workdir, r)
-    plan = Plan(label_order(counts), shard_size, first_index=first)
+    plan = make_plan(counts, shard_size, conditioning, first_index=first)
     header = {**manifest, "counts": counts.tolist(), "total": int(counts.sum()),
               "first_index": first, "round": r}
     check_same_plan(previous_plan(directory), header, directory)
@@ -407,15 +478,17 @@ def run_filtered_sweep(sampler: Callable, params, root_key: jax.Array, budget, w
               mean=mean, std=std, manifest=header, stop=stop)
     scores = filters.score_sweep(directory, scorer, os.path.join(directory, filters.SCORES_DIR))
     rounds.append((directory, scores))
-    attempted += np.bincount(scores["labels"], minlength=num_classes)
-    accepted += np.bincount(scores["labels"][scores["accept"]], minlength=num_classes)
+    ids.append(plan.condition_ids[scores["index"] - first])  # the labels, for condition=class
+    attempted += np.bincount(ids[-1], minlength=num_classes)
+    accepted += np.bincount(ids[-1][scores["accept"]], minlength=num_classes)
     first += int(counts.sum())
     counts = next_round_counts(budget, attempted, accepted, max_attempts)
-  labels, accept, index = (np.concatenate([s[key] for _, s in rounds])
-                           for key in ("labels", "accept", "index"))
+  labels = np.concatenate(ids)
+  accept, index = (np.concatenate([s[key] for _, s in rounds]) for key in ("accept", "index"))
   keep = filters.keep_mask(labels, accept, index, budget)
-  report = filters.acceptance(labels, accept, keep, num_classes,
-                              manifest.get("class_names") or (), budget)
+  names = (conditioning.names() if conditioning is not None and conditioning.uses_groups
+           else manifest.get("class_names") or ())
+  report = filters.acceptance(labels, accept, keep, num_classes, names, budget)
   report.update(rounds=len(rounds), max_attempts=float(max_attempts))
   short = [name for name, c in report["per_class"].items() if not c["met"]]
   if short:

@@ -1,5 +1,9 @@
 """Task `train_diffusion`: a class-conditional denoiser (UNet or DiT) with EMA, a validation loss,
-and per-class sample grids from the EMA parameters every `train.sample_every` steps."""
+and per-class sample grids from the EMA parameters every `train.sample_every` steps.
+
+`diffusion.condition` picks what the denoiser's label is: the class (default), the sample's
+group id, or its (class, group) cell (data/conditions.py has the ids); grids then have a row
+per group or cell."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import numpy as np
 import optax
 
 from jaxsynth import faults, files
-from jaxsynth.data import augment, pipeline
+from jaxsynth.data import augment, conditions, pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.sources import open_source
 from jaxsynth.diffusion.losses import WEIGHTINGS, diffusion_loss, per_sample_loss
@@ -38,14 +42,15 @@ GRID_STREAM = 2     # fold_in tag of the preview grids' root key
 @dataclasses.dataclass
 class Setup:
   """What the diffusion tasks derive from the config: data, denoiser, schedule, mesh, lengths."""
-  train: ImageSource
+  train: ImageSource          # labelled with condition ids (the classes for condition=class)
   model: nn.Module
   schedule: Schedule
   mesh: jax.sharding.Mesh
   image_shape: tuple[int, int, int]
-  num_classes: int
+  num_classes: int            # condition ids the denoiser embeds (classes, groups or cells)
   steps_per_epoch: int
   total_steps: int
+  conditioning: conditions.Conditioning = conditions.Conditioning()
 
 
 def _bad(key: str, value, fix: str) -> ConfigError:
@@ -55,7 +60,8 @@ def _bad(key: str, value, fix: str) -> ConfigError:
 def check_config(config) -> None:
   """Raises ConfigError for a bad `diffusion.*` or `train.sample_every` key."""
   d = config.diffusion
-  for key, value, options in (("schedule", d.schedule, SCHEDULES),
+  for key, value, options in (("condition", d.get("condition", "class"), conditions.CONDITIONS),
+                              ("schedule", d.schedule, SCHEDULES),
                               ("prediction", d.prediction, PREDICTIONS),
                               ("weighting", d.weighting, WEIGHTINGS),
                               ("sampler", d.sampler, SAMPLERS)):
@@ -87,7 +93,9 @@ def extra_inputs() -> tuple[jnp.ndarray, jnp.ndarray]:
 def build_setup(config) -> Setup:
   """Opens the train split and builds the denoiser, noise schedule and mesh from the config."""
   check_config(config)
-  train = open_source(config.data, "train", seed=config.seed)
+  data = open_source(config.data, "train", seed=config.seed)
+  conditioning = conditions.from_source(config.diffusion.get("condition", "class"), data)
+  train = conditions.conditioned(data, conditioning)
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_divisible(config.train.batch_size, mesh, "train.batch_size")
   steps_per_epoch = max(1, -(-len(train) // config.train.batch_size))
@@ -96,7 +104,7 @@ def build_setup(config) -> Setup:
   model = make_denoiser(config.model, train.num_classes)
   schedule = make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
   return Setup(train, model, schedule, mesh, pipeline.input_shape(config.data, train),
-               train.num_classes, steps_per_epoch, total)
+               train.num_classes, steps_per_epoch, total, conditioning)
 
 
 def make_tx(config, setup: Setup):
@@ -148,7 +156,8 @@ def make_train_step(model: nn.Module, tx, schedule: Schedule, options: dict, lr_
 
 def make_val_loss(config, setup: Setup, options: dict):
   """evaluate_fn(state) -> {"loss"}: EMA-params loss on the first val batches, fixed keys."""
-  val = open_source(config.data, "val", seed=config.seed)
+  val = conditions.conditioned(open_source(config.data, "val", seed=config.seed),
+                               setup.conditioning)
   options = dict(options, label_dropout=0.0)
   batch_sharding, replicated = parallel.batch_sharding(setup.mesh), parallel.replicated(setup.mesh)
   apply = denoise_fn(setup.model)
@@ -191,8 +200,8 @@ def sampler_options(*, sampler: str, num_steps: int, cfg_scale: float, num_class
 
 
 def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
-  """fn(step, state): samples `grid_per_class` images of each class from the EMA params and
-  writes them as one grid (a row per class) to grids/step-NNNNNN.png and TensorBoard."""
+  """fn(step, state): samples `grid_per_class` images of each class (group, cell) from the EMA
+  params and writes them as one grid (a row each) to grids/step-NNNNNN.png and TensorBoard."""
   d = config.diffusion
   per_class = int(d.grid_per_class)
   n = setup.num_classes * per_class
@@ -226,10 +235,12 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
   done = workdir_lib.finished_results(workdir, config, overwrite)
   if done is not None:
     return done
-  workdir_lib.prepare(workdir, config, overwrite)
+  # The data (and its groups, for condition != class) is checked before anything is written.
+  workdir_lib.check_prepare(workdir, config, overwrite)
   setup = build_setup(config)
-  log.info("train split of %s: %d samples, class counts %s", setup.train.name, len(setup.train),
-           setup.train.class_counts().tolist())
+  workdir_lib.prepare(workdir, config, overwrite)
+  log.info("train split of %s: %d samples, %s counts %s", setup.train.name, len(setup.train),
+           setup.conditioning.mode, setup.train.class_counts().tolist())
   lr_schedule, tx = make_tx(config, setup)
   state = train_state.init_state(setup.model, tx, setup.image_shape, config.seed, setup.mesh,
                                  extra_inputs())

@@ -96,6 +96,9 @@ def filter_sweep(config, workdir: str, overwrite: bool = False, stop=None) -> di
             "shard_size": int(manifest.get("shard_size") or 256)}
   if header["class_names"] is None:
     del header["class_names"]
+  # A group-conditioned sweep's groups travel with its samples (write_accepted keeps them).
+  header.update({k: manifest[k] for k in ("condition", "num_groups", "group_names")
+                 if manifest.get(k) is not None})
   result = {"accepted": acceptance["kept"], "attempted": acceptance["attempted"],
             "acceptance_rate": acceptance["acceptance_rate"], "acceptance": acceptance}
   if jax.process_index() == 0:

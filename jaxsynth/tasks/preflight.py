@@ -14,6 +14,7 @@ import stat
 import ml_collections
 
 from jaxsynth import config as config_lib
+from jaxsynth.data import conditions
 from jaxsynth.data.sources import check_data
 from jaxsynth.errors import CheckpointError, ConfigError, DataError
 
@@ -57,7 +58,13 @@ def check_inputs(config) -> dict:
     return {"data": check_data(config.data, _classifier_splits(config), config.seed)}
   if task == "train_diffusion":
     splits = ["train"] + (["val"] if config.diffusion.val_batches > 0 else [])
-    return {"data": check_data(config.data, splits, config.seed, every_class=False)}
+    data = check_data(config.data, splits, config.seed, every_class=False)
+    mode = config.diffusion.get("condition", "class")
+    if mode != "class":  # group ids: every split read must have them, within train's groups
+      conditioning = conditions.from_source(mode, data["train"])
+      for source in data.values():
+        conditions.condition_ids(conditioning, source)
+    return {"data": data}
   if task == "filter":
     from jaxsynth.synthesis.filters import check_filter_config  # pylint: disable=import-outside-toplevel
     from jaxsynth.tasks.filter import input_sweep  # pylint: disable=import-outside-toplevel
@@ -110,12 +117,10 @@ def check_setup(config, workdir: str, inputs: dict) -> None:
                         f"schedule ({e}): use more timesteps, e.g. 1000") from None
     check_image_shape(config.model, diffusion.build_setup(config).image_shape)
   elif task == "sample":
-    from jaxsynth.synthesis import sweep
     from jaxsynth.tasks import sample
     sample.check_config(config, workdir)
     if "run" in inputs:
-      train = inputs["data"]["train"]
-      sweep.class_budget(config.sample, train.num_classes, train.class_counts())
+      sample.sweep_budget(config, inputs["run"], inputs["data"]["train"])
 
 
 def os_error_line(e: OSError) -> str:

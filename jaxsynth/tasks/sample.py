@@ -1,9 +1,16 @@
 """Task `sample`: a sampling sweep from a `train_diffusion` run's EMA parameters into
 WORKDIR/samples (shards + manifest.json, read by `data.source=synthetic`).
 
-The model, data (class count, names, train counts, image size, normalisation) and noise
-schedule come from the trained run's config.json (`sample.run_dir`); this task's own config
-supplies `seed` (sample i uses fold_in(PRNGKey(seed), i)), `mesh` and the `sample.*` keys.
+The model, data (class count, names, train counts, image size, normalisation), conditioning
+(`diffusion.condition`) and noise schedule come from the trained run's config.json
+(`sample.run_dir`); this task's own config supplies `seed` (sample i uses
+fold_in(PRNGKey(seed), i)), `mesh` and the `sample.*` keys.
+
+A group-conditioned run's sweep (data/conditions.py) writes `groups` in every shard: for
+`class_group` the budget is per (class, group) cell (`sample.cell_counts`, class-major, or
+balance over the train split's cells), labels the class; for `group` it is per group
+(`sample.group_counts` or balance), every label is 0 and the manifest says num_classes 1 (the
+samples have no class). The manifest records `condition`, `num_groups` and `group_names`.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ import numpy as np
 import optax
 
 from jaxsynth import config as config_lib
-from jaxsynth.data import augment, pipeline, synthetic_format
+from jaxsynth.data import augment, conditions, pipeline, synthetic_format
 from jaxsynth.data.sources import open_source
 from jaxsynth.diffusion.samplers import SAMPLERS, SPACINGS, make_sampler
 from jaxsynth.diffusion.schedules import make_schedule
-from jaxsynth.errors import CheckpointError, ConfigError
+from jaxsynth.errors import CheckpointError, ConfigError, DataError
 from jaxsynth.models.denoisers import DTYPES, make_denoiser
 from jaxsynth.synthesis import filters, sweep
 from jaxsynth.tasks import diffusion
@@ -78,6 +85,25 @@ def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(trained)
 
 
+def sweep_budget(config, run, train) -> tuple[conditions.Conditioning, np.ndarray]:
+  """The trained run's conditioning over its `train` split, and the samples per condition id."""
+  mode = run.diffusion.get("condition", "class")
+  try:
+    conditioning = conditions.from_source(mode, train)
+  except ConfigError as e:
+    raise DataError(f"the trained run {config.sample.run_dir} is conditioned on {mode!r} "
+                    f"(its diffusion.condition) but its data does not fit ({e}); restore the "
+                    "files the run was trained on") from None
+  name = config.sample.filter.name
+  if conditioning.mode == "group" and name in ("classifier", "realism_class"):
+    raise ConfigError(f"config key 'sample.filter.name' = {name!r} judges a sample's class, "
+                      "but a condition=group run's samples have none: use "
+                      "sample.filter.name=realism, or no filter")
+  have = np.bincount(conditions.condition_ids(conditioning, train),
+                     minlength=conditioning.num_conditions)
+  return conditioning, sweep.condition_budget(config.sample, conditioning, have)
+
+
 def load_ema_params(run_dir: str, run: ml_collections.ConfigDict, model, image_shape, mesh,
                     which: str, step: int | None = None):
   """(EMA params, step) of checkpoint `which` (a given step, else the newest) of the run."""
@@ -116,10 +142,10 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   workdir_lib.check_prepare(workdir, config, overwrite)
 
   train = open_source(run.data, "train", seed=run.seed)
-  num_classes = train.num_classes
+  conditioning, counts = sweep_budget(config, run, train)
+  num_classes = conditioning.sweep_classes        # the classes the shards' labels range over
   image_shape = pipeline.input_shape(run.data, train)
-  counts = sweep.class_budget(config.sample, num_classes, train.class_counts())
-  plan = sweep.Plan(sweep.label_order(counts), int(config.sample.shard_size))
+  plan = sweep.make_plan(counts, int(config.sample.shard_size), conditioning)
   mesh = parallel.make_mesh(config.mesh)
 
   # A resumed sweep keeps the checkpoint step it started with, even if training went on; a
@@ -130,14 +156,15 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   # The compute dtype may differ from training's: parameters are float32 either way.
   model_cfg = ml_collections.ConfigDict(run.model.to_dict())
   model_cfg.dtype = config.sample.dtype or model_cfg.dtype
-  model = make_denoiser(model_cfg, num_classes)
+  model = make_denoiser(model_cfg, conditioning.num_conditions)
   params, step = load_ema_params(config.sample.run_dir, run, model, image_shape, mesh,
                                  config.sample.checkpoint,
                                  previous["checkpoint"]["step"] if previous else None)
   d, s = run.diffusion, config.sample
   options = diffusion.sampler_options(
       sampler=s.sampler, num_steps=s.num_steps, cfg_scale=s.cfg_scale, eta=s.eta,
-      spacing=s.spacing, clip_x0=s.clip_x0, num_classes=num_classes, prediction=d.prediction)
+      spacing=s.spacing, clip_x0=s.clip_x0, num_classes=conditioning.num_conditions,
+      prediction=d.prediction)
   schedule = make_schedule(d.schedule, d.num_timesteps)
   sampler = make_sampler(diffusion.denoise_fn(model), schedule, image_shape, mesh=mesh, **options)
   manifest = {
@@ -151,24 +178,29 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
       "schedule": {"name": d.schedule, "num_timesteps": int(d.num_timesteps)},
       "label_order": "interleaved", "config": json.loads(config_lib.to_json(config)),
       "filter": filters.settings(s.filter) if filtered else None,
+      **conditioning.manifest(),   # condition (and num_groups, group_names when grouped)
   }
+  if conditioning.mode == "group":
+    del manifest["class_names"]    # labels are all 0: the samples have no class
   sweep.check_same_plan(previous, manifest, plan_dir)
   scorer = None
   if filtered:  # the judge loads (and is checked) before anything is written
     scorer = filters.build_scorer(
         s.filter, num_classes, image_shape,
         filters.real_images(s.filter, run.data, run.seed, image_shape),
-        os.path.join(workdir, filters.CACHE_DIR), mesh, classes=np.flatnonzero(counts))
+        os.path.join(workdir, filters.CACHE_DIR), mesh,
+        classes=np.unique(conditioning.split(np.flatnonzero(counts))[0]))
   workdir_lib.prepare(workdir, config, overwrite)
-  log.info("sweep of %d samples (per class %s) from %s step %d into %s", plan.labels.size,
-           counts.tolist(), config.sample.run_dir, step, directory)
+  log.info("sweep of %d samples (per %s %s) from %s step %d into %s", plan.labels.size,
+           {"class_group": "cell"}.get(conditioning.mode, conditioning.mode), counts.tolist(),
+           config.sample.run_dir, step, directory)
   mean, std = augment.normalisation(run.data)
   root_key = jax.random.PRNGKey(config.seed)
   if filtered:
     result = sweep.run_filtered_sweep(
         sampler, params, root_key, counts, workdir, scorer, shard_size=plan.shard_size,
         batch_size=int(s.batch_size), mesh=mesh, mean=mean, std=std, manifest=manifest,
-        max_attempts=float(s.max_attempts), stop=stop)
+        max_attempts=float(s.max_attempts), stop=stop, conditioning=conditioning)
     if jax.process_index() == 0:
       filters.write_report(workdir, result, [sweep.round_dir(workdir, r)
                                              for r in range(result["acceptance"]["rounds"])])

@@ -72,7 +72,8 @@ class NpzSource(_Source):
   """One split of a MedMNIST-style .npz file; its image array is read once, on first use."""
 
   def __init__(self, path: str, split: str, num_classes: int = 0,
-               class_names: tuple[str, ...] = (), headers: dict | None = None):
+               class_names: tuple[str, ...] = (), headers: dict | None = None,
+               group_names: tuple[str, ...] = ()):
     headers = headers if headers is not None else _npz_headers(path)
     image_key, label_key, group_key = (f"{split}_{k}" for k in ("images", "labels", "groups"))
     for key in (image_key, label_key):
@@ -103,7 +104,7 @@ class NpzSource(_Source):
                         f"{array.shape[0]} in '{key}': every image needs one row")
     image_shape = shape[1:] if len(shape) == 4 else shape[1:] + (1,)
     super().__init__(labels, num_classes or _max_label(labels) + 1, image_shape, groups,
-                     class_names)
+                     class_names, group_names)
     self.name = path
     self._reset()
 
@@ -133,15 +134,20 @@ class NpzSource(_Source):
     return self._images()[index]
 
 
+def _npz_names(path: str, key: str, headers: dict) -> tuple[str, ...]:
+  """The strings of an optional names array (`class_names`, `group_names`); () if absent."""
+  if key not in headers:
+    return ()
+  return tuple(str(n) for n in _npz_array(path, key, headers[key][1]).reshape(-1))
+
+
 def _npz_backend(data_cfg) -> "_Backend":
   path = data_cfg.path
   headers = _npz_headers(path)
-  names: tuple[str, ...] = ()
-  if "class_names" in headers:
-    names = tuple(str(n) for n in _npz_array(path, "class_names",
-                                             headers["class_names"][1]).reshape(-1))
+  names, group_names = (_npz_names(path, key, headers) for key in ("class_names", "group_names"))
   # train is always opened, so a file without it names the keys it has (NpzSource's error).
   present = [s for s in SPLITS
              if s == "train" or f"{s}_images" in headers or f"{s}_labels" in headers]
-  openers = {s: (lambda s=s: NpzSource(path, s, len(names), names, headers)) for s in present}
+  openers = {s: (lambda s=s: NpzSource(path, s, len(names), names, headers, group_names))
+             for s in present}
   return _Backend(path, openers, len(names), names)

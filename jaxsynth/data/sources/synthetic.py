@@ -17,8 +17,9 @@ from jaxsynth.errors import DataError
 class SyntheticSource(_Source):
   """A sampling sweep (see `synthetic_format`): labels read up front, shards on demand.
 
-  Decoded shards are kept in a small LRU cache, so sequential or shard-local access reads
-  each shard once.
+  A sweep whose manifest has `num_groups` (a group-conditioned generator's) also gives its
+  shards' `groups` as `.groups` int64 (N,) and the manifest's `group_names`. Decoded shards
+  are kept in a small LRU cache, so sequential or shard-local access reads each shard once.
   """
 
   def __init__(self, path: str, cache_shards: int = 4):
@@ -34,8 +35,13 @@ class SyntheticSource(_Source):
     self.offsets = np.cumsum([0] + [s["count"] for s in self.shards])
     self.index = np.concatenate(index)
     self.cache_shards = int(cache_shards)
+    groups = None
+    if manifest.get("num_groups"):
+      groups = np.concatenate([synthetic_format.read_shard_groups(
+          self.directory, s, manifest["num_groups"]) for s in self.shards])
     super().__init__(np.concatenate(labels), manifest["num_classes"],
-                     manifest["image_shape"], None, tuple(manifest.get("class_names") or ()))
+                     manifest["image_shape"], groups, tuple(manifest.get("class_names") or ()),
+                     tuple(manifest.get("group_names") or ()))
     self.name = self.directory
     self._reset()
 
