@@ -11,8 +11,10 @@ tasks/.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+from typing import Callable
 
 import numpy as np
 
@@ -22,7 +24,6 @@ from jaxsynth.errors import ConfigError
 from jaxsynth.recipes.pipeline import Pipeline, Stage
 from jaxsynth.training import workdir as workdir_lib
 
-RECIPES = ("augment",)
 #: Metrics of the report's table, when the split has them.
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "auc", "sensitivity",
                  "specificity", "harmonic_mean")
@@ -67,7 +68,7 @@ def check_config(config) -> None:
 
 
 def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
-  """generator -> sample -> baseline -> augmented."""
+  """generator -> sample -> baseline -> augmented (the recipe's classifier is `augmented`)."""
   r = config.recipe
   stages = [
       Stage("generator", generator_config(config), tasks["train_diffusion"],
@@ -83,6 +84,27 @@ def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   pipe.stages["augmented"].config = classifier_config(
       config, (os.path.abspath(pipe.dir("sample")),))
   return pipe
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A synthesis recipe: its pipeline builder fn(config, workdir, tasks) -> Pipeline, and the
+  stages holding the recipe's classifier and the baseline it is compared with."""
+  build: Callable[..., Pipeline]
+  result_stage: str
+  baseline_stage: str = "baseline"
+
+
+#: recipe.name -> Recipe. A new recipe adds its entry here (its builder in its own module).
+RECIPES: dict[str, Recipe] = {
+    "augment": Recipe(augment_pipeline, "augmented"),
+}
+
+
+def pipeline(config, workdir: str, tasks: dict) -> Pipeline:
+  """The pipeline of recipe `config.recipe.name` in `workdir`."""
+  check_config(config)
+  return RECIPES[config.recipe.name].build(config, workdir, tasks)
 
 
 def comparison(baseline: dict, recipe: dict, split: str = "test") -> dict:
@@ -128,20 +150,20 @@ def run(config, workdir: str, tasks: dict, command: str, stop=None,
         overwrite: bool = False) -> dict:
   """Runs the recipe's pipeline in `workdir`, then writes report.md and metrics.json; with
   `overwrite`, the stages in `workdir` are run again (reused runs are never touched)."""
-  check_config(config)
-  pipe = augment_pipeline(config, workdir, tasks)
+  pipe = pipeline(config, workdir, tasks)
+  spec = RECIPES[config.recipe.name]
   pipe.check()
   if overwrite:
     for stage in pipe.stages.values():
       if not stage.reuse:
         shutil.rmtree(stage.directory, ignore_errors=True)
   results = pipe.run(stop)
-  table = comparison(results["baseline"], results["augmented"])
+  table = comparison(results[spec.baseline_stage], results[spec.result_stage])
   stages = {name: _shown(pipe.dir(name), workdir) for name in pipe.stages}
   workdir_lib.write_json(os.path.join(workdir, "comparison.json"), table)
   text = report_markdown(config.recipe.name, table, stages, command)
   files.atomic_write(os.path.join(workdir, "report.md"), text.encode())
-  metrics = {"recipe": results["augmented"], "baseline": results["baseline"],
+  metrics = {"recipe": results[spec.result_stage], "baseline": results[spec.baseline_stage],
              "comparison": table, "stages": stages}
   workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), metrics)
   return metrics

@@ -11,7 +11,7 @@ from jaxsynth.errors import ConfigError
 from jaxsynth.recipes import synthesis
 from jaxsynth.training import workdir as workdir_lib
 
-STAGE_TASKS = ("train_diffusion", "sample", "train_classifier")
+STAGE_TASKS = ("train_diffusion", "sample", "filter", "train_classifier", "evaluate")
 
 
 def check_stages(pipe) -> None:
@@ -42,7 +42,7 @@ def recipe(config, workdir: str, overwrite: bool = False, stop=None) -> dict:
   if done is not None:
     return done
   tasks = {name: get_task(name) for name in STAGE_TASKS}
-  check_stages(synthesis.augment_pipeline(config, workdir, tasks))
+  check_stages(synthesis.pipeline(config, workdir, tasks))
   workdir_lib.check_prepare(workdir, config, overwrite)
   workdir_lib.prepare(workdir, config, overwrite)
   command = "python -m jaxsynth.main " + " ".join(shlex.quote(a) for a in sys.argv[1:])
