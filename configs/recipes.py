@@ -4,7 +4,7 @@
   python -m jaxsynth.main --config configs/recipes.py:cb_focal,npz \
       --config.data.path=../shared/data/pneumoniamnist.npz --workdir runs/pneu-cb-focal
 
-The variant is `RECIPE` or `RECIPE,SOURCE`: without a source it is configs/default.py's job
+The variant is `RECIPE` or `RECIPE,SOURCE`: without a source it is configs/default.py:classifier's job
 (ResNet-18 on the long-tailed digits); with one, configs/classifier.py:SOURCE. Options are
 `--config.recipe.*` (see jaxsynth/config.py) and `--config.train.label_smoothing`.
 
@@ -42,7 +42,7 @@ def get_config(variant: str | None = None):
   """Returns the classifier config of recipe `variant` ("RECIPE" or "RECIPE,SOURCE")."""
   recipe, _, source = (variant or "ce").partition(",")
   name = ALIASES.get(recipe, recipe)  # an unknown name is a one-line ConfigError at run time
-  config = classifier.get_config(source) if source else default.get_config()
+  config = classifier.get_config(source) if source else default.get_config("classifier")
   config.recipe.name = name
   if recipe == "label_smoothing":
     config.train.label_smoothing = 0.1

@@ -35,6 +35,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   data.num_classes = 0          # 0 infers it from the data
   data.imbalance_ratio = 0.0    # > 1 long-tails the train split: n_max / n_min, exponential
   data.class_counts = ()        # explicit train count per class (overrides imbalance_ratio)
+  # train_classifier only: an .npy (1-D ints) or .json (list) of indices into the train split
+  # (after imbalance_ratio/class_counts); the classifier trains on those samples only (e.g. the
+  # real part of FairDiff's equal-scale set, written by recipe equal_scale). "" = every sample.
+  data.train_indices_file = ""
   data.val_fraction = 0.1       # held out of train for sources without a val split
   data.test_fraction = 0.1      # held out of train for sources without a test split
   data.mean = 0.5               # images are scaled to [0, 1], then (x - mean) / std
@@ -56,6 +60,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   syn.paths = ()                # e.g. ('runs/sweep',); () = real data only
   syn.mix = "count"             # count: real + all synthetic, one sampler over the union
   #                               fraction: data.synthetic.fraction of every batch is synthetic
+  #                               only: the synthetic sets alone (val and test stay real)
   syn.fraction = 0.5
 
   config.model = model = ml_collections.ConfigDict()
@@ -100,6 +105,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   train.keep_checkpoints = 2
   train.select_metric = "balanced_accuracy"  # validation metric of the best checkpoint
   train.select_mode = "max"     # max | min
+  # train_classifier: start from the chosen checkpoint (its metrics.json) of the finished
+  # train_classifier run in this directory: params and model state (BatchNorm statistics), same
+  # model keys and classes; fresh optimiser and step 0. Replaces model.pretrained. "" = init.
+  train.init_from = ""
 
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1                # devices on the data axis; -1 = all devices of all hosts
@@ -187,7 +196,22 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
            "use positive numbers")
   _require(0 <= data.augment.color_jitter < 1, "data.augment.color_jitter",
            data.augment.color_jitter, "use a strength in [0, 1)")
-  _one_of("data.synthetic.mix", data.synthetic.mix, ("count", "fraction"))
+  indices_file = data.get("train_indices_file", "")
+  _require(isinstance(indices_file, str), "data.train_indices_file", indices_file,
+           "give an .npy or .json file of train indices, or \"\"")
+  _require(not indices_file or config.task in ("train_classifier", "evaluate"),
+           "data.train_indices_file", indices_file,
+           f"only train_classifier trains on a subset of the train split; task {config.task} "
+           "would ignore it: leave it empty")
+  _one_of("data.synthetic.mix", data.synthetic.mix, ("count", "fraction", "only"))
+  _require(data.synthetic.mix != "only" or bool(data.synthetic.paths), "data.synthetic.mix",
+           data.synthetic.mix, "mix=only trains on the synthetic sets alone: set "
+           "data.synthetic.paths to sweep directories, or use mix=count")
+  init_from = train.get("init_from", "")
+  _require(isinstance(init_from, str) and
+           (not init_from or config.task in ("train_classifier", "evaluate")), "train.init_from",
+           init_from, f"only train_classifier starts from a trained run; task {config.task} "
+           "would ignore it: leave it empty")
   _require(all(isinstance(p, str) and p for p in data.synthetic.paths), "data.synthetic.paths",
            data.synthetic.paths, "give sweep directories, e.g. --config.data.synthetic.paths="
            "\"('runs/sweep',)\"")

@@ -2,7 +2,7 @@
 # Runs N processes of jaxsynth.main on this machine, wired together by JAX's coordinator on
 # 127.0.0.1. Waits for all; if one fails, stops the others and exits with its status.
 #
-#   launch/local_multiprocess.sh N -- --config configs/default.py --workdir DIR [--config.k=v ...]
+#   launch/local_multiprocess.sh N -- --config configs/default.py:classifier --workdir DIR [--config.k=v ...]
 #
 # Environment (all optional):
 #   PORT                 coordinator port on 127.0.0.1 (default: a free one)

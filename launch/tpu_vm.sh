@@ -2,7 +2,7 @@
 # Runs jaxsynth on every worker of a Cloud TPU VM slice at once (one process per worker host);
 # JAX finds the coordinator and the process ids itself (--distributed_auto).
 #
-#   launch/tpu_vm.sh TPU_NAME ZONE -- --config configs/default.py --workdir /mnt/shared/runs/x
+#   launch/tpu_vm.sh TPU_NAME ZONE -- --config configs/default.py:classifier --workdir /mnt/shared/runs/x
 #
 # Every worker needs the repository and its Python environment at REPO_DIR (default: jaxsynth,
 # relative to the remote home directory), and --workdir on a file system all workers share

@@ -14,7 +14,7 @@ from jaxsynth import config as config_lib
 
 def tiny_config(steps: int = 6, **overrides):
   """The default job shrunk to seconds: 8 px digits, width-8 ResNet-18, batch 16."""
-  config = default.get_config()
+  config = default.get_config("classifier")
   config.data.image_size = 8
   config.data.threads = 2
   config.model.width = 8

@@ -744,6 +744,13 @@ def _(ctx):
              ("data.synthetic.fraction", "use a fraction in (0, 1)"))
 
 
+@case("synthetic_mix_fraction_decoupled")
+def _(ctx):
+  return Bad(mixed(ctx, "--config.data.synthetic.mix=fraction", "--config.recipe.name=crt",
+                   "--config.recipe.stage2_epochs=1", num_classes=3),
+             ("data.synthetic.mix", "recipe.name=crt", "use data.synthetic.mix=count"))
+
+
 # -- evaluate
 
 def evaluate(ctx: Ctx, run_dir, *overrides, data_path=None) -> list:
@@ -1068,6 +1075,54 @@ def _(ctx):
   shutil.copytree(os.path.join(run, "checkpoints"), os.path.join(ctx.workdir, "checkpoints"))
   return Bad(npz_case(ctx), ("checkpoints", "config.json", "choose another --workdir"),
              reads=(run,))
+
+
+# -- train.init_from and the pretrain_finetune / diffupt recipes
+
+@case("init_from_missing_dir")
+def _(ctx):
+  return Bad(npz_case(ctx, f"--config.train.init_from={ctx.tmp / 'nowhere'}"),
+             ("config key 'train.init_from'", "does not exist", "train_classifier run"))
+
+
+@case("init_from_unfinished_run")
+def _(ctx):
+  run = copy_run(ctx.classifier_run(), ctx.tmp / "unfinished", checkpoints=False)
+  return Bad(npz_case(ctx, f"--config.train.init_from={run}"),
+             ("config key 'train.init_from'", "unfinished run", "finish it first"))
+
+
+@case("init_from_other_architecture")
+def _(ctx):
+  run = ctx.classifier_run()   # a ViT; this command trains a ResNet-18
+  return Bad(npz_case(ctx, f"--config.train.init_from={run}"),
+             ("config key 'train.init_from'", "model.name: 'vit_s' -> 'resnet18'",
+              "pass the same model keys"), reads=(run,))
+
+
+@case("init_from_on_another_task")
+def _(ctx):
+  return Bad(["--config", "configs/diffusion.py:dit", "--workdir", ctx.workdir,
+              f"--config.train.init_from={ctx.tmp}"],
+             ("config key 'train.init_from'", "only train_classifier", "leave it empty"))
+
+
+@case("recipe_ratio_parts_differ_from_classes")
+def _(ctx):
+  return Bad(["--config", "configs/synthesis.py:pretrain_finetune_tiny", "--workdir",
+              ctx.workdir, "--config.recipe.ratio=30-70"],
+             ("config key 'recipe.ratio'", "gives 2 parts", "10 classes", "one part per class"))
+
+
+@case("recipe_generator_of_other_classes")
+def _(ctx):
+  run = ctx.diffusion_run()    # digits, 10 classes; the recipe's data has 3
+  path = write_npz(ctx.tmp / "data.npz")
+  return Bad(["--config", "configs/synthesis.py:diffupt_tiny", "--workdir", ctx.workdir,
+              "--config.data.source=npz", f"--config.data.path={path}",
+              "--config.data.imbalance_ratio=0.0", f"--config.recipe.generator_workdir={run}"],
+             ("config key 'recipe.generator_workdir'", "10 classes", "has 3",
+              "give a generator trained on this data"), reads=(run,))
 
 
 def _params():

@@ -30,7 +30,8 @@ def run_cli(*args, timeout=300):
     ("--config.train.optimizer=lamb", "config key 'train.optimizer'"),
 ])
 def test_config_errors_are_one_line(tmp_path, override, expected):
-  proc = run_cli("--config", "configs/default.py", "--workdir", str(tmp_path / "run"), override)
+  proc = run_cli("--config", "configs/default.py:classifier", "--workdir", str(tmp_path / "run"),
+                 override)
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("jaxsynth: error:"), proc.stderr
@@ -72,6 +73,7 @@ def test_every_shipped_config_validates():
   for name in ("default", "classifier"):
     module = {"default": default, "classifier": classifier}[name]
     config_lib.validate(module.get_config(), TASKS)
+  config_lib.validate(default.get_config("classifier"), TASKS)
   for variant in ("digits", "npz", "folder", "tfds", "synthetic"):
     config = classifier.get_config(variant)
     config.data.path = "x"
@@ -80,7 +82,7 @@ def test_every_shipped_config_validates():
 
 
 def test_validate_names_the_bad_key():
-  config = default.get_config()
+  config = default.get_config("classifier")
   config.train.ema_decay = 1.5
   with pytest.raises(ConfigError, match="train.ema_decay"):
     config_lib.validate(config, TASKS)
@@ -90,7 +92,7 @@ def test_validate_names_the_bad_key():
                                                   ("channel_std", (0.2, 0.0, 0.2), 0),
                                                   ("channel_mean", (0.4, 0.4, 0.4), 1)])
 def test_validate_checks_per_channel_normalisation(key, value, channels):
-  config = default.get_config()
+  config = default.get_config("classifier")
   config.data.channels = channels
   config.data[key] = value
   with pytest.raises(ConfigError, match=f"data.{key}"):

@@ -18,7 +18,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "launch", "local_multiprocess.sh")
 STEPS = 6
-RUN_FLAGS = ["--config", "configs/default.py", f"--config.train.steps={STEPS}",
+RUN_FLAGS = ["--config", "configs/default.py:classifier", f"--config.train.steps={STEPS}",
              "--config.train.batch_size=16", "--config.model.width=8",
              "--config.train.eval_every=3", "--config.train.log_every=1"]
 TIMEOUT_S = 240  # both runs together; about 60 s on an idle 2-core machine

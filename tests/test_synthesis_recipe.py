@@ -35,6 +35,17 @@ def test_augment_runs_every_stage_and_writes_the_report(augment_run):
   comparison, ours, base = table(augment_run)
   row = comparison["metrics"]["accuracy"]
   assert row["recipe"] == ours["accuracy"] and row["baseline"] == base["accuracy"]
+  # the figures, the generator's per-class FID/KID on the 40 samples, and its model card
+  for figure in ("report/per_class_accuracy.png", "report/synthetic_samples.png"):
+    assert f"]({figure})" in report and os.path.isfile(os.path.join(augment_run, figure))
+  generator = json.load(open(os.path.join(augment_run, "metrics.json")))["generator"]
+  assert generator["synthetic"] == 40 and generator["features"] == "classifier:baseline"
+  assert set(generator["per_class"]) == {"all", *map(str, range(10))}
+  assert all(row["fid"] >= 0 for row in generator["per_class"].values())
+  assert "## Generator quality" in report and "| 9 | " in report
+  card = json.load(open(os.path.join(augment_run, "generator", "model_card.json")))
+  assert sum(card["train_counts"]["per_class"].values()) == card["train_counts"]["total"]
+  assert os.path.isfile(os.path.join(augment_run, "generator", card["sample_grid"]))
 
 
 def test_reused_generator_and_baseline_are_never_written(augment_run, tmp_path):

@@ -9,20 +9,67 @@ Two ways to mix (config `data.synthetic.mix`):
             sampler over that part), fed by its own position counter, so a batch's content
             depends on (seed, step, slot) only.
 
-Validation and test are always the real splits; only training data is mixed.
+Validation and test are always the real splits; only training data is mixed. The real part
+may be a subset of the train split (`data.train_indices_file`, `train_subset`), e.g. the kept
+samples of FairDiff's equal-scale balancing (recipes/equal_scale.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable
 
 import numpy as np
 
-from jaxsynth.data.base import ImageSource, group_ids
+from jaxsynth.data.base import ImageSource, SubsetSource, group_ids, num_groups
 from jaxsynth.data.pipeline import input_shape
 from jaxsynth.errors import ConfigError, DataError
 
 MIXES = ("count", "fraction")
+
+
+INDICES_KEY = "data.train_indices_file"
+
+
+def read_indices(path: str, length: int) -> np.ndarray:
+  """The int64 (K,) train indices in `path` (.npy of ints or .json list), each in [0, length)
+  and distinct; DataError naming data.train_indices_file otherwise."""
+  where = f"config key '{INDICES_KEY}' ({path})"
+  fix = ("write the distinct indices into the train split as a 1-D .npy of integers or a .json "
+         "list, or leave the key empty")
+  try:
+    if path.endswith(".json"):
+      with open(path, encoding="utf-8") as f:
+        values = np.asarray(json.load(f))
+    elif path.endswith(".npy"):
+      values = np.load(path, allow_pickle=False)
+    else:
+      raise DataError(f"{where} is neither .npy nor .json: {fix}")
+  except (OSError, ValueError) as e:
+    reason = "does not exist" if not os.path.exists(path) else f"cannot be read ({e})"
+    raise DataError(f"{where} {reason}: {fix}") from None
+  if values.ndim != 1 or values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+    raise DataError(f"{where} holds a {values.dtype} array of shape {values.shape}, not a "
+                    f"non-empty list of integers: {fix}")
+  values = values.astype(np.int64)
+  bad = np.flatnonzero((values < 0) | (values >= length))
+  if bad.size:
+    raise DataError(f"{where} holds index {int(values[bad[0]])} but the train split has "
+                    f"{length} samples (indices 0..{length - 1}): the file was made for other "
+                    f"data; remake it for this train split, or {fix.split(', or ')[-1]}")
+  if np.unique(values).size != values.size:
+    raise DataError(f"{where} repeats an index: {fix}")
+  return values
+
+
+def train_subset(train: ImageSource, path: str) -> ImageSource:
+  """`train` restricted to the indices of `path` (data.train_indices_file); itself for ""."""
+  if not path:
+    return train
+  subset = SubsetSource(train, read_indices(path, len(train)))
+  subset.name = f"{train.name} [{len(subset)} of {len(train)}: {INDICES_KEY}]"
+  return subset
 
 
 class ConcatSource(ImageSource):
@@ -95,6 +142,9 @@ def counts(source: ImageSource) -> dict:
     entry = {"source": part.name, "samples": len(part),
              "class_counts": part.class_counts().tolist()}
     if part.groups is not None:
-      entry["group_counts"] = np.bincount(group_ids(part)).tolist()
+      entry["group_counts"] = np.bincount(group_ids(part), minlength=num_groups(part)).tolist()
     out.append(entry)
-  return {"parts": out, "class_counts": source.class_counts().tolist()}
+  out = {"parts": out, "class_counts": source.class_counts().tolist()}
+  if source.groups is not None:
+    out["group_counts"] = np.bincount(group_ids(source), minlength=num_groups(source)).tolist()
+  return out

@@ -14,6 +14,7 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from clu import parameter_overview
@@ -57,8 +58,10 @@ class Setup:
 
 
 def mixed_train_split(config) -> ImageSource:
-  """The real train split, followed by the synthetic sets of `data.synthetic.paths` if any."""
-  train = open_source(config.data, "train", seed=config.seed)
+  """The real train split (its `data.train_indices_file` subset if set), followed by the
+  synthetic sets of `data.synthetic.paths` if any (mix=only: the synthetic sets alone)."""
+  train = mixture.train_subset(open_source(config.data, "train", seed=config.seed),
+                               config.data.get("train_indices_file", ""))
   paths = tuple(config.data.synthetic.paths)
   if not paths:
     return train
@@ -67,6 +70,10 @@ def mixed_train_split(config) -> ImageSource:
     synthetic = SyntheticSource(path)
     mixture.check_synthetic(train, synthetic, config.data, path)
     parts.append(synthetic)
+  if config.data.synthetic.mix == "only":
+    only = mixture.ConcatSource(parts[1:])
+    only.class_names = train.class_names  # the real data's names, for reports
+    return only
   return mixture.ConcatSource(parts)
 
 
@@ -179,18 +186,23 @@ class Plan:
   schedule: optax.Schedule
   index_order: object           # position -> source index (recipes.samplers)
   trainable: object = None      # pytree of bools like the params; None = every param trains
+  extra: dict | None = None     # entries for metrics.json (e.g. where training started from)
 
 
 def plan_training(config, setup: Setup) -> Plan:
-  """The plan of a plain run: fresh init, config.train's optimiser, the recipe's sampler."""
+  """The plan of a plain run: fresh init (or train.init_from's / model.pretrained's weights),
+  config.train's optimiser, the recipe's sampler."""
   schedule = learning_rate_schedule(config.train, setup.steps_per_epoch, setup.total_steps)
   tx = make_optimizer(config.train, schedule)
-  pretrained = None
-  if config.model.pretrained:
+  pretrained, extra = None, None
+  if config.train.get("init_from", ""):  # its run holds model.pretrained's weights, trained on
+    pretrained, record = init_from_variables(config, setup)
+    extra = {"init_from": record}
+  elif config.model.pretrained:
     pretrained = functools.partial(convert.apply_pretrained, config.model)
   state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh,
                      pretrained=pretrained)
-  return Plan(state, tx, schedule, training_order(config, setup))
+  return Plan(state, tx, schedule, training_order(config, setup), extra=extra)
 
 
 def training_order(config, setup: Setup):
@@ -214,15 +226,138 @@ def training_order(config, setup: Setup):
   return mixture.FractionOrder(real_order, synthetic_order, len(real), batch, n_s)
 
 
+# ------------------------------------------------------- starting from a trained classifier run
+
+#: model keys that leave the parameters' shapes alone: a run may start from (train.init_from)
+#: a run that differs in these only.
+INIT_FROM_FREE_MODEL_KEYS = ("dtype", "pretrained", "drop_path")
+
+
+def trained_class_count(run_dir: str) -> int | None:
+  """The class count a finished classifier run reported (its metrics.json); None if unknown."""
+  try:
+    with open(os.path.join(run_dir, workdir_lib.METRICS_FILE), encoding="utf-8") as f:
+      return next(len(m["per_class_accuracy"]) for m in json.load(f).values()
+                  if isinstance(m, dict) and "per_class_accuracy" in m)
+  except (OSError, ValueError, StopIteration, TypeError, AttributeError):
+    return None
+
+
+def check_same_model(config, trained: dict, path: str, where: str = "", free=(),
+                     fix: str = "pass the same model keys") -> None:
+  """Raises ConfigError unless the run config `trained` (read from `path`) has `config`'s model
+  keys (but `free`) and head (bce has one logit); `where` starts the message."""
+  lead = f"{where}: " if where else ""
+  model = json.loads(config_lib.to_json(config))["model"]  # as config.json stores it (lists)
+  changes = workdir_lib.config_diff({k: v for k, v in trained["model"].items() if k not in free},
+                                    {k: v for k, v in model.items() if k not in free}, "model.")
+  if changes:
+    shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+    raise ConfigError(f"{lead}config keys differ from the trained run's {path} (its value -> "
+                      f"this config's: {shown}): {fix}")
+  trained_recipe = trained.get("recipe", {}).get("name", "ce")
+  if (trained_recipe == "bce") != (config.recipe.name == "bce"):
+    raise ConfigError(f"{lead}config 'recipe.name' {config.recipe.name!r} and the trained run's "
+                      f"{trained_recipe!r} ({path}) give different heads (bce has one "
+                      f"logit); pass --config.recipe.name={trained_recipe}")
+
+
+def check_init_from(config, num_classes: int | None = None, workdir: str | None = None) -> dict:
+  """The finished run `train.init_from` names, checked against `config` (its model keys, the
+  class count when given, and not `workdir` itself): {"dir", "which", "step", "config"}.
+
+  Raises CheckpointError when the directory is missing, unfinished, another task's or lacks its
+  chosen checkpoint, ConfigError when its model or classes differ.
+  """
+  run_dir = config.train.get("init_from", "")
+  key = "config key 'train.init_from'"
+  fix = "give the --workdir of a finished train_classifier run of this model and data"
+  if workdir and os.path.realpath(run_dir) == os.path.realpath(workdir):
+    raise ConfigError(f"{key} names --workdir {workdir} itself, but a run cannot start from its "
+                      f"own result: {fix}, or leave the key empty")
+  trained = config_lib.read_run_config(run_dir, "train_classifier", "train.init_from")
+  metrics_path = os.path.join(run_dir, workdir_lib.METRICS_FILE)
+  try:
+    with open(metrics_path, encoding="utf-8") as f:
+      chosen = json.load(f).get("checkpoint")
+  except FileNotFoundError:
+    raise CheckpointError(f"{key}: {run_dir} holds an unfinished run (no "
+                          f"{workdir_lib.METRICS_FILE}): finish it first (rerun its command; it "
+                          f"resumes), or {fix}") from None
+  except (OSError, ValueError, AttributeError) as e:
+    raise CheckpointError(f"{key}: {metrics_path} cannot be read ({e}): restore it, or "
+                          f"{fix}") from None
+  if not (isinstance(chosen, dict) and chosen.get("which") in ("best", "latest")
+          and isinstance(chosen.get("step"), int)):
+    raise CheckpointError(f"{key}: {metrics_path} names no evaluated checkpoint (its "
+                          f"'checkpoint' entry), so {run_dir} is no single classifier run: {fix}")
+  which, step = chosen["which"], chosen["step"]
+  if step not in config_lib.checkpoint_steps(run_dir, which):
+    raise CheckpointError(f"{key}: {run_dir} lacks its chosen checkpoint "
+                          f"checkpoints/{which}/{step} (a decoupled recipe keeps its checkpoints "
+                          f"in stage1/ and stage2/): restore it, or {fix}")
+  check_same_model(config, trained, os.path.join(run_dir, workdir_lib.CONFIG_FILE), key,
+                   INIT_FROM_FREE_MODEL_KEYS, f"pass the same model keys, or {fix}")
+  classes = trained_class_count(run_dir)
+  if num_classes is not None and classes is not None and classes != num_classes:
+    raise ConfigError(f"{key}: the run in {run_dir} was trained on {classes} classes but this "
+                      f"config's data has {num_classes}: {fix}, or leave the key empty")
+  return {"dir": os.path.abspath(run_dir), "which": which, "step": step, "config": trained}
+
+
+def run_variables(run_config, setup: Setup, directory: str, which: str,
+                  step: int | None = None):
+  """(params, model_state, step, state) of checkpoint `which` (newest, or `step`) of the
+  classifier run in `directory` trained with `run_config`; params are its EMA when it kept one."""
+  # The optimiser only shapes the saved state (its schedule is no part of it).
+  tx = make_optimizer(run_config.train, optax.constant_schedule(0.0))
+  template = train_state.abstract_state(setup.model, tx, setup.input_shape, setup.mesh)
+  checkpointer = Checkpointer(directory, run_config.train.keep_checkpoints, read_only=True)
+  try:
+    state, meta = checkpointer.restore(template, which, step)
+  finally:
+    checkpointer.close()
+  params = state.ema_params if run_config.train.ema_decay > 0 else state.params
+  return params, state.model_state, int(meta["step"]), state
+
+
+def init_from_variables(config, setup: Setup):
+  """(fn(fresh variables) -> the variables of train.init_from's chosen checkpoint, its record
+  {"dir", "which", "step"} for metrics.json)."""
+  origin = check_init_from(config, setup.num_classes)
+  run_config = ml_collections.ConfigDict(origin["config"])
+  params, model_state, _, _ = run_variables(run_config, setup, origin["dir"], origin["which"],
+                                            origin["step"])
+  loaded = {"params": params, **model_state}
+  record = {k: origin[k] for k in ("dir", "which", "step")}
+
+  def leaves(tree):
+    return [(jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype))
+            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+  def replace(fresh):
+    if leaves(fresh) != leaves(loaded):
+      raise CheckpointError(f"config key 'train.init_from': the parameters in {origin['dir']} "
+                            "do not fit this model (other shapes): give a run of this model")
+    log.info("starting from %s (checkpoint %s/%d): params and model state; fresh optimiser",
+             origin["dir"], origin["which"], origin["step"])
+    return loaded
+
+  return replace, record
+
+
 def train_single(config, workdir: str, overwrite: bool = False,
                  stop: StopRequest | None = None) -> dict:
   """Trains one classifier (resuming if `workdir` holds an unfinished run), then evaluates."""
   done = workdir_lib.finished_results(workdir, config, overwrite)
   if done is not None:
     return done
+  if config.train.get("init_from", ""):
+    check_init_from(config, workdir=workdir)  # before anything is written
   workdir_lib.prepare(workdir, config, overwrite)
   setup = build_setup(config)
-  return train_plan(config, setup, plan_training(config, setup), workdir, stop=stop)
+  plan = plan_training(config, setup)
+  return train_plan(config, setup, plan, workdir, stop=stop, extra=plan.extra)
 
 
 def train_plan(config, setup: Setup, plan: Plan, directory: str, out_dir: str | None = None,
@@ -235,8 +370,11 @@ def train_plan(config, setup: Setup, plan: Plan, directory: str, out_dir: str | 
   """
   log.info("train split of %s: %d samples, class counts %s", setup.train.name,
            len(setup.train), setup.train.class_counts().tolist())
-  if config.data.synthetic.paths and jax.process_index() == 0:
+  subset = config.data.get("train_indices_file", "")
+  if (config.data.synthetic.paths or subset) and jax.process_index() == 0:
     mix = dict(mixture.counts(setup.train), mix=config.data.synthetic.mix)
+    if subset:
+      mix["train_indices_file"] = subset
     if config.data.synthetic.mix == "fraction":
       mix["synthetic_per_batch"] = mixture.synthetic_slots(config.data.synthetic.fraction,
                                                            config.train.batch_size)
@@ -377,17 +515,7 @@ def check_trained_run(config, workdir: str, overwrite: bool) -> tuple[str, dict]
   run_dir = config.evaluate.run_dir or workdir
   trained_config = os.path.join(run_dir, workdir_lib.CONFIG_FILE)
   trained = config_lib.read_run_config(run_dir, "train_classifier", "evaluate.run_dir")
-  model = json.loads(config_lib.to_json(config))["model"]  # as config.json stores it (lists)
-  changes = workdir_lib.config_diff(trained["model"], model, "model.")
-  if changes:
-    shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
-    raise ConfigError(f"config keys differ from the trained run's {trained_config} (its value -> "
-                      f"this config's: {shown}): pass the same model keys")
-  trained_recipe = trained.get("recipe", {}).get("name", "ce")
-  if (trained_recipe == "bce") != (config.recipe.name == "bce"):
-    raise ConfigError(f"config 'recipe.name' {config.recipe.name!r} and the trained run's "
-                      f"{trained_recipe!r} ({trained_config}) give different heads (bce has one "
-                      f"logit); pass --config.recipe.name={trained_recipe}")
+  check_same_model(config, trained, trained_config)
   metrics_path = os.path.join(workdir, workdir_lib.METRICS_FILE)
   if os.path.exists(metrics_path) and not overwrite:
     raise CheckpointError(f"{metrics_path} exists; pass --overwrite or choose another --workdir")
@@ -408,12 +536,7 @@ def evaluate_single(config, workdir: str, overwrite: bool = False) -> dict:
                           f"{os.path.join(run_dir, 'checkpoints', which)}: train the run first, "
                           f"or set evaluate.checkpoint={other}")
   setup = build_setup(config)
-  try:  # the class count a finished run reported (its metrics.json); None when unfinished
-    with open(os.path.join(run_dir, workdir_lib.METRICS_FILE), encoding="utf-8") as f:
-      trained_classes = next(len(m["per_class_accuracy"]) for m in json.load(f).values()
-                             if isinstance(m, dict) and "per_class_accuracy" in m)
-  except (OSError, ValueError, StopIteration, TypeError, AttributeError):
-    trained_classes = None
+  trained_classes = trained_class_count(run_dir)  # None when unfinished
   if trained_classes is not None and trained_classes != setup.num_classes:
     raise ConfigError(f"the run in {run_dir} was trained on {trained_classes} classes (its "
                       f"{workdir_lib.METRICS_FILE}) but this config's data ({setup.train.name}) "

@@ -100,6 +100,12 @@ def check_options(config) -> None:
       raise ConfigError(f"config key 'recipe.tau_grid' has bad value {grid!r}: give finite "
                         "values, e.g. '(0.0, 0.5, 1.0)'")
     return
+  syn = config.data.synthetic
+  if syn.paths and syn.mix == "fraction":
+    # stage 2 re-samples the whole training set class-balanced, which has no per-batch fraction
+    raise ConfigError(f"config key 'data.synthetic.mix' = 'fraction' does not fit recipe.name="
+                      f"{r.name}: its stage 2 samples real + synthetic class-balanced as one set; "
+                      "use data.synthetic.mix=count")
   if not (r.stage2_steps > 0 or r.stage2_epochs > 0):
     raise ConfigError(f"config key 'recipe.stage2_epochs' has bad value {r.stage2_epochs!r}: set "
                       "recipe.stage2_epochs > 0 or recipe.stage2_steps > 0")
@@ -241,15 +247,7 @@ def initial_stage2(config2, setup2, base_params, base_model_state, schedule):
 
 def _stage1_model_params(config, setup: classifier.Setup, directory: str):
   """(params, model_state, step, state) of stage 1's `evaluate.checkpoint` (params: EMA if on)."""
-  plan = classifier.plan_training(config, setup)
-  checkpointer = Checkpointer(directory, config.train.keep_checkpoints, read_only=True)
-  try:
-    which = config.evaluate.checkpoint
-    state, meta = checkpointer.restore(plan.state, which)
-  finally:
-    checkpointer.close()
-  params = state.ema_params if config.train.ema_decay > 0 else state.params
-  return params, state.model_state, int(meta["step"]), state
+  return classifier.run_variables(config, setup, directory, config.evaluate.checkpoint)
 
 
 # -------------------------------------------------------------------------- stages

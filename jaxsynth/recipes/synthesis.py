@@ -20,7 +20,9 @@ import numpy as np
 
 from jaxsynth import config as config_lib
 from jaxsynth import files
+from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError
+from jaxsynth.recipes import diffupt, equal_scale, iois, recipe_report
 from jaxsynth.recipes.pipeline import Pipeline, Stage
 from jaxsynth.training import workdir as workdir_lib
 
@@ -93,11 +95,21 @@ class Recipe:
   build: Callable[..., Pipeline]
   result_stage: str
   baseline_stage: str = "baseline"
+  synthetic_stage: str = ""   # the stage whose data.synthetic.paths the report shows (default
+  #                             result_stage)
+  report_sections: Callable[..., list] | None = None  # fn(pipe, results) -> report.md lines
 
 
 #: recipe.name -> Recipe. A new recipe adds its entry here (its builder in its own module).
 RECIPES: dict[str, Recipe] = {
     "augment": Recipe(augment_pipeline, "augmented"),
+    "equal_scale": Recipe(equal_scale.pipeline, "balanced",
+                          report_sections=equal_scale.report_sections),
+    "pretrain_finetune": Recipe(diffupt.pretrain_finetune_pipeline, "finetune",
+                                synthetic_stage="pretrain"),
+    "diffupt": Recipe(diffupt.diffupt_pipeline, "finetune", synthetic_stage="pretrain"),
+    "online": Recipe(iois.online_pipeline, "online", report_sections=iois.report_sections),
+    "offline": Recipe(iois.offline_pipeline, "offline"),
 }
 
 
@@ -121,8 +133,10 @@ def comparison(baseline: dict, recipe: dict, split: str = "test") -> dict:
   return {"split": split, "metrics": out, "per_class_accuracy": per_class}
 
 
-def report_markdown(name: str, table: dict, stages: dict, command: str) -> str:
-  """report.md: the recipe against its baseline, per-class change, stages and the command."""
+def report_markdown(name: str, table: dict, stages: dict, command: str, class_names=(),
+                    extra=()) -> str:
+  """report.md: the recipe against its baseline, per-class change, the `extra` sections
+  (recipe_report.markdown_sections), stages and the command."""
   lines = [f"# Recipe `{name}` vs baseline ({table['split']} split)", "",
            "| metric | baseline | recipe | change |", "|---|---|---|---|"]
   for metric, row in table["metrics"].items():
@@ -131,9 +145,11 @@ def report_markdown(name: str, table: dict, stages: dict, command: str) -> str:
   per_class = table["per_class_accuracy"]
   if per_class.get("delta") is not None:
     lines += ["", "| class | baseline | recipe | change |", "|---|---|---|---|"]
+    names = list(class_names) or [str(c) for c in range(len(per_class["delta"]))]
     for c, (b, r, d) in enumerate(zip(per_class["baseline"], per_class["recipe"],
                                       per_class["delta"])):
-      lines.append(f"| {c} | {b:.4f} | {r:.4f} | {d:+.4f} |")
+      lines.append(f"| {names[c]} | {b:.4f} | {r:.4f} | {d:+.4f} |")
+  lines += list(extra)
   lines += ["", "## Stages", ""]
   lines += [f"- `{stage}`: {where}" for stage, where in stages.items()]
   lines += ["", "## Command", "", f"    {command}", ""]
@@ -144,6 +160,28 @@ def _shown(directory: str, workdir: str) -> str:
   """`directory` relative to `workdir` when inside it (so a report does not name the workdir)."""
   here, there = os.path.abspath(workdir), os.path.abspath(directory)
   return os.path.relpath(there, here) if there.startswith(here + os.sep) else directory
+
+
+def report_extras(config, workdir: str, pipe: Pipeline, spec: Recipe, table: dict) -> dict:
+  """The report's figures, the generator's per-class FID/KID on the synthetic set the recipe
+  trained on, and the filters' acceptance (recipe_report)."""
+  names = list(open_source(config.data, "train", seed=config.seed).class_names)
+  stage = pipe.stages[spec.synthetic_stage or spec.result_stage]
+  paths = tuple(stage.config.data.synthetic.paths) if stage.config is not None else ()
+  synthetic = recipe_report.synthetic_set(paths)
+  generator = None
+  features = config.recipe.get("report_features", "") or \
+      f"classifier:{os.path.abspath(pipe.dir(spec.baseline_stage))}"
+  if synthetic is not None and len(synthetic) > 1 and features != "none":
+    generator = recipe_report.generator_metrics(config, synthetic, features)
+    kind, _, where = generator["features"].partition(":")
+    if kind == "classifier":   # the baseline's directory, relative when inside the workdir
+      generator["features"] = f"classifier:{_shown(where, workdir)}"
+  return {"class_names": names,
+          "figures": recipe_report.figures(workdir, table, names, synthetic),
+          "generator": generator,
+          "acceptance": recipe_report.filter_acceptance(
+              {name: pipe.dir(name) for name in pipe.stages})}
 
 
 def run(config, workdir: str, tasks: dict, command: str, stop=None,
@@ -161,9 +199,14 @@ def run(config, workdir: str, tasks: dict, command: str, stop=None,
   table = comparison(results[spec.baseline_stage], results[spec.result_stage])
   stages = {name: _shown(pipe.dir(name), workdir) for name in pipe.stages}
   workdir_lib.write_json(os.path.join(workdir, "comparison.json"), table)
-  text = report_markdown(config.recipe.name, table, stages, command)
+  extras = report_extras(config, workdir, pipe, spec, table)
+  text = report_markdown(config.recipe.name, table, stages, command, extras["class_names"],
+                         recipe_report.markdown_sections(extras["figures"], extras["generator"],
+                                                         extras["acceptance"])
+                         + (spec.report_sections(pipe, results) if spec.report_sections else []))
   files.atomic_write(os.path.join(workdir, "report.md"), text.encode())
   metrics = {"recipe": results[spec.result_stage], "baseline": results[spec.baseline_stage],
-             "comparison": table, "stages": stages}
+             "comparison": table, "stages": stages, "generator": extras["generator"],
+             "filter_acceptance": extras["acceptance"], "figures": extras["figures"]}
   workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), metrics)
   return metrics

@@ -26,6 +26,9 @@ from jaxsynth.diffusion.samplers import SAMPLERS, make_sampler
 from jaxsynth.diffusion.schedules import PREDICTIONS, SCHEDULES, Schedule, make_schedule
 from jaxsynth.errors import ConfigError
 from jaxsynth.models.denoisers import make_denoiser
+# The generator's parts live in synthesis/ so that recipes can load a trained run too.
+from jaxsynth.synthesis.generator import denoise_fn, extra_inputs, sampler_options  # noqa: F401
+from jaxsynth.synthesis import model_card
 from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
@@ -85,11 +88,6 @@ def check_config(config) -> None:
     raise _bad("train.sample_every", config.train.sample_every, "use 0 (off) or a step count")
 
 
-def extra_inputs() -> tuple[jnp.ndarray, jnp.ndarray]:
-  """The (t, labels) that follow x in a denoiser's init, for a batch of one."""
-  return jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32)
-
-
 def build_setup(config) -> Setup:
   """Opens the train split and builds the denoiser, noise schedule and mesh from the config."""
   check_config(config)
@@ -118,11 +116,6 @@ def loss_options(config, num_classes: int) -> dict:
   d = config.diffusion
   return dict(prediction=d.prediction, weighting=d.weighting, snr_gamma=float(d.snr_gamma),
               label_dropout=float(d.label_dropout), num_classes=num_classes)
-
-
-def denoise_fn(model: nn.Module):
-  """apply_fn(params, x_t, t, labels) of the sampler: the denoiser in inference mode."""
-  return lambda params, x, t, labels: model.apply({"params": params}, x, t, labels, train=False)
 
 
 def make_train_step(model: nn.Module, tx, schedule: Schedule, options: dict, lr_schedule,
@@ -189,16 +182,6 @@ def make_val_loss(config, setup: Setup, options: dict):
   return evaluate
 
 
-def sampler_options(*, sampler: str, num_steps: int, cfg_scale: float, num_classes: int,
-                    prediction: str, eta: float = 0.0, spacing: str = "uniform",
-                    clip_x0: float = 1.0) -> dict:
-  """make_sampler's options from config values (cfg_scale 0 and clip_x0 0 mean off)."""
-  return dict(sampler=sampler, num_steps=int(num_steps), eta=float(eta), spacing=spacing,
-              prediction=prediction, num_classes=num_classes,
-              cfg_scale=float(cfg_scale) if cfg_scale > 0 else None,
-              clip_x0=float(clip_x0) if clip_x0 > 0 else None)
-
-
 def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
   """fn(step, state): samples `grid_per_class` images of each class (group, cell) from the EMA
   params and writes them as one grid (a row each) to grids/step-NNNNNN.png and TensorBoard."""
@@ -226,6 +209,16 @@ def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
     writer.image(step, "samples/per_class", grid)
 
   return write
+
+
+def write_card_grid(config, setup: Setup, workdir: str, writer: MetricWriter, state) -> str:
+  """The model card's sample grid of the final EMA params (grids/step-N.png, written unless the
+  periodic grids already drew that step); its path relative to the run directory."""
+  step = int(jax.device_get(state.step))
+  name = os.path.join(GRIDS_DIR, f"step-{step:06d}.png")
+  if not os.path.isfile(os.path.join(workdir, name)):
+    make_grid_fn(config, setup, workdir, writer)(step, state)
+  return name
 
 
 def train_diffusion(config, workdir: str, overwrite: bool = False,
@@ -277,7 +270,10 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
     if evaluate_fn is not None:
       results["val"] = evaluate_fn(state)
       results["checkpoint"].update(best=meta.get("best_step"), best_loss=meta.get("best_value"))
+    grid = write_card_grid(config, setup, workdir, writer, state)
     if jax.process_index() == 0:
+      model_card.write(workdir, model_card.build(config, setup.train, setup.conditioning,
+                                                 setup.image_shape, results, grid))
       faults.point("task.before_metrics")
       workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), results)
   finally:

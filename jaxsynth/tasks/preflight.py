@@ -102,7 +102,9 @@ def check_setup(config, workdir: str, inputs: dict) -> None:
   task = config.task
   if task in ("train_classifier", "evaluate"):
     from jaxsynth.recipes import classifier
-    classifier.build_setup(config)
+    setup = classifier.build_setup(config)
+    if task == "train_classifier" and config.train.get("init_from", ""):
+      classifier.check_init_from(config, setup.num_classes, workdir)
   elif task == "train_diffusion":
     from jaxsynth.diffusion.schedules import make_schedule
     from jaxsynth.models.denoisers import check_image_shape

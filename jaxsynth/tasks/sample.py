@@ -22,21 +22,19 @@ import os
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from jaxsynth import config as config_lib
 from jaxsynth.data import augment, conditions, pipeline, synthetic_format
 from jaxsynth.data.sources import open_source
 from jaxsynth.diffusion.samplers import SAMPLERS, SPACINGS, make_sampler
 from jaxsynth.diffusion.schedules import make_schedule
-from jaxsynth.errors import CheckpointError, ConfigError, DataError
+from jaxsynth.errors import ConfigError, DataError
 from jaxsynth.models.denoisers import DTYPES, make_denoiser
 from jaxsynth.synthesis import filters, sweep
+from jaxsynth.synthesis.generator import load_ema_params, load_run_config
 from jaxsynth.tasks import diffusion
-from jaxsynth.training import parallel, train_state, workdir as workdir_lib
-from jaxsynth.training.checkpoint import Checkpointer
+from jaxsynth.training import parallel, workdir as workdir_lib
 from jaxsynth.training.loop import StopRequest
-from jaxsynth.training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +68,6 @@ def check_config(config, workdir: str) -> None:
                "as a multiple of its budget)")
 
 
-def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
-  """The resolved config.json of a train_diffusion run, as a ConfigDict."""
-  path = os.path.join(run_dir, workdir_lib.CONFIG_FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      trained = json.load(f)
-  except FileNotFoundError:
-    raise CheckpointError(f"{path} not found: sample.run_dir must be the --workdir of a "
-                          "train_diffusion run") from None
-  if trained.get("task") != "train_diffusion" or "diffusion" not in trained:
-    raise CheckpointError(f"{path} is a {trained.get('task')!r} run: sample.run_dir must be the "
-                          "--workdir of a train_diffusion run")
-  return ml_collections.ConfigDict(trained)
-
-
 def sweep_budget(config, run, train) -> tuple[conditions.Conditioning, np.ndarray]:
   """The trained run's conditioning over its `train` split, and the samples per condition id."""
   mode = run.diffusion.get("condition", "class")
@@ -102,25 +85,6 @@ def sweep_budget(config, run, train) -> tuple[conditions.Conditioning, np.ndarra
   have = np.bincount(conditions.condition_ids(conditioning, train),
                      minlength=conditioning.num_conditions)
   return conditioning, sweep.condition_budget(config.sample, conditioning, have)
-
-
-def load_ema_params(run_dir: str, run: ml_collections.ConfigDict, model, image_shape, mesh,
-                    which: str, step: int | None = None):
-  """(EMA params, step) of checkpoint `which` (a given step, else the newest) of the run."""
-  # The optimiser only shapes the abstract state; its rate schedule is not part of the state.
-  tx = make_optimizer(run.train, optax.constant_schedule(0.0))
-  abstract = train_state.abstract_state(model, tx, image_shape, mesh, diffusion.extra_inputs())
-  checkpointer = Checkpointer(run_dir, run.train.keep_checkpoints, read_only=True)
-  try:
-    if checkpointer.latest_step(which) is None:
-      hint = (" (a best checkpoint needs diffusion.val_batches > 0 in training)"
-              if which == "best" else "")
-      raise CheckpointError(f"no '{which}' checkpoint in {run_dir}/checkpoints"
-                            f"{hint}; train first, or set sample.checkpoint=latest")
-    state, meta = checkpointer.restore(abstract, which, step)
-  finally:
-    checkpointer.close()
-  return state.ema_params, int(meta["step"])
 
 
 def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | None = None) -> dict:

@@ -34,7 +34,7 @@ TIMING_KEYS = ("train/steps_per_s", "images_per_s")   # wall-clock figures: neve
 
 # Tiny runs: 8 px digits, seconds per run on 2 cores.
 CLASSIFIER_ARGS = (
-    "--config", "configs/default.py", "--config.data.image_size=8", "--config.data.threads=2",
+    "--config", "configs/default.py:classifier", "--config.data.image_size=8", "--config.data.threads=2",
     "--config.model.width=8", "--config.train.batch_size=16", "--config.train.eval_batch_size=64",
     "--config.train.steps=12", "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
     "--config.train.log_every=1", "--config.train.keep_checkpoints=2")
