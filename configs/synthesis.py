@@ -192,7 +192,7 @@ def iois(config, tiny: bool) -> None:
   r.epochs = 2 if tiny else 15             # E; the baseline trains as long (train.epochs)
   r.budget = 20 if tiny else 200           # K synthetic images per epoch (eq. 5)
   if tiny and r.name == "offline":
-    r.budget = 60                          # >= 2 per class: report.md's per-class FID/KID
+    r.budget = 60                          # a few per class for report.md's per-class FID/KID
   r.aas = True                             # Softmax(1 - acc)·K; false = uniform ("+OIS")
   r.pool = "replace"                       # replace | accumulate
   r.guidance_scale = 1.0                   # s of eq. 4
