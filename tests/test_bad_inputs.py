@@ -1125,6 +1125,21 @@ def _(ctx):
               "give a generator trained on this data"), reads=(run,))
 
 
+@case("recipe_equal_scale_without_groups")
+def _(ctx):
+  path = write_npz(ctx.tmp / "data.npz")    # no {split}_groups
+  return Bad(["--config", "configs/synthesis.py:equal_scale_tiny", "--workdir", ctx.workdir,
+              f"--config.data.path={path}"],
+             ("recipe.name=equal_scale needs groups", "{split}_groups", "another recipe"))
+
+
+@case("recipe_online_budget_below_classes")
+def _(ctx):
+  return Bad(["--config", "configs/synthesis.py:online_tiny", "--workdir", ctx.workdir,
+              "--config.recipe.budget=5"],
+             ("config key 'recipe.budget'", "less than the 10 classes", "use at least 10"))
+
+
 def _params():
   for name, (fn, xfail) in CASES.items():
     marks = [pytest.mark.xfail(reason=xfail, strict=False)] if xfail else []
