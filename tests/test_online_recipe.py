@@ -128,6 +128,24 @@ def test_budget_below_the_class_count_is_refused_before_anything_is_written(tmp_
   assert not os.path.exists(tmp_path / "bad")
 
 
+def test_offline_draws_one_guided_set_from_the_fixed_baseline(online_run, tmp_path):
+  """The control: one guided set (AAS budgets from the baseline's training accuracy), then an
+  ordinary classifier on real + that set; the online run's generator and baseline are reused."""
+  config = synthesis.get_config("offline_tiny")
+  config.recipe.generator_workdir = os.path.join(online_run, "generator")
+  config.recipe.baseline_workdir = os.path.join(online_run, "baseline")
+  workdir = str(tmp_path / "offline")
+  recipe(config, workdir)
+  guided = SyntheticSource(os.path.join(workdir, "guided"))
+  assert len(guided) == config.recipe.budget
+  mixture = read(os.path.join(workdir, "offline", "mixture.json"))
+  assert mixture["parts"][1]["class_counts"] == guided.class_counts().tolist()
+  metrics = read(os.path.join(workdir, "metrics.json"))
+  assert metrics["comparison"]["metrics"]["accuracy"]["recipe"] == \
+      read(os.path.join(workdir, "offline", "metrics.json"))["test"]["accuracy"]
+  assert not os.path.exists(os.path.join(workdir, "generator"))
+
+
 def test_removed_epoch_and_stop_mid_epoch_resume_to_identical_metrics(online_run):
   """Epoch 2's directory removed, then a stop in the middle of its training; the rerun ends
   with the uninterrupted run's metrics. It edits the module's run in place, so it comes last."""

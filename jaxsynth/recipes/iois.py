@@ -569,10 +569,13 @@ def report_sections(pipe: Pipeline, results: dict) -> list[str]:
   if not summary:
     return []
   lines = ["", "## Online synthesis (IOIS Algorithm 1)", "",
-           "| epoch | train balanced accuracy | budgets k_c (eq. 5) | pool | synthesis s |",
-           "|---|---|---|---|---|"]
+           "| epoch | train balanced accuracy | budgets k_c (eq. 5) | pool |",
+           "|---|---|---|---|"]
   for r in summary["epochs"]:
     acc = float(np.mean(r["train_per_class_accuracy"]))
     lines.append(f"| {r['epoch']} | {acc:.4f} | {' '.join(str(k) for k in r['budgets'])} | "
-                 f"{r['pool_size']} | {r['seconds']:.2f} |")
+                 f"{r['pool_size']} |")
+  # wall-clock times stay out of the tables, which a resumed run reproduces exactly
+  lines += ["", "Synthesis time per epoch (s): "
+            + ", ".join(f"{r['seconds']:.2f}" for r in summary["epochs"])]
   return lines

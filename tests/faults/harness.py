@@ -77,13 +77,17 @@ def filter_args(sweep_dir: str, classifier_dir: str) -> tuple[str, ...]:
 RECIPE_ARGS = ("--config", "configs/synthesis.py:augment_tiny")
 
 
-def recipe_outcome(workdir: str) -> dict:
-  """What a recipe must end with: its metrics, comparison and report tables, every stage's."""
+ONLINE_ARGS = ("--config", "configs/synthesis.py:online_tiny")
+
+
+def recipe_outcome(workdir: str, classifier_stages=("baseline", "augmented")) -> dict:
+  """What a recipe must end with: its metrics, comparison and report tables, and the
+  predictions of its classifier stages."""
   out = {"metrics.json": _json_file(os.path.join(workdir, "metrics.json")),
          "comparison.json": _json_file(os.path.join(workdir, "comparison.json"))}
   with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
     out["report.md tables"] = [line for line in f.read().splitlines() if line.startswith("|")]
-  for stage in ("baseline", "augmented"):
+  for stage in classifier_stages:
     out[f"{stage}/predictions.npz"] = _npz_arrays(os.path.join(workdir, stage,
                                                                "predictions.npz"))
   return out
@@ -328,6 +332,12 @@ CASES = {
         needs=("sample", "train_classifier")),
     "recipe": TaskCase(
         "recipe", lambda inputs: RECIPE_ARGS, recipe_outcome,
+        ("checkpoint.save_in_flight", "loop.after_checkpoint", "task.before_metrics",
+         "shard.before_rename", "manifest.before_rename", "file.before_rename")),
+    # IOIS: the online stage's own loop (guided shards, a checkpoint per epoch, epoch.json)
+    "online_recipe": TaskCase(
+        "online_recipe", lambda inputs: ONLINE_ARGS,
+        lambda workdir: recipe_outcome(workdir, ("baseline", "online")),
         ("checkpoint.save_in_flight", "loop.after_checkpoint", "task.before_metrics",
          "shard.before_rename", "manifest.before_rename", "file.before_rename")),
 }
