@@ -11,6 +11,8 @@ import ml_collections
 
 from jaxsynth.errors import CheckpointError, ConfigError
 
+#: data.synthetic.mix: how synthetic sets join the real train split (data/mixture.py).
+MIXES = ("count", "fraction", "only")
 DATA_SOURCES = ("npz", "folder", "tfds", "digits", "synthetic")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -203,10 +205,13 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
            "data.train_indices_file", indices_file,
            f"only train_classifier trains on a subset of the train split; task {config.task} "
            "would ignore it: leave it empty")
-  _one_of("data.synthetic.mix", data.synthetic.mix, ("count", "fraction", "only"))
+  _one_of("data.synthetic.mix", data.synthetic.mix, MIXES)
   _require(data.synthetic.mix != "only" or bool(data.synthetic.paths), "data.synthetic.mix",
            data.synthetic.mix, "mix=only trains on the synthetic sets alone: set "
            "data.synthetic.paths to sweep directories, or use mix=count")
+  _require(data.synthetic.mix != "only" or not indices_file, "data.train_indices_file",
+           indices_file, "mix=only trains on the synthetic sets alone, so no real subset is "
+           "used: leave it empty, or use mix=count")
   init_from = train.get("init_from", "")
   _require(isinstance(init_from, str) and
            (not init_from or config.task in ("train_classifier", "evaluate")), "train.init_from",

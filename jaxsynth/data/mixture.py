@@ -1,6 +1,6 @@
 """Real + synthetic training data: one source over several, and a per-batch mixing order.
 
-Two ways to mix (config `data.synthetic.mix`):
+Three ways to mix (config `data.synthetic.mix`):
 
   count     the training set is the real train split followed by every synthetic set; a
             sampler (instance, class-balanced, ...) runs over the whole union.
@@ -8,6 +8,7 @@ Two ways to mix (config `data.synthetic.mix`):
             [0, n_s)) and B - n_s real ones; each part has its own index order (the recipe's
             sampler over that part), fed by its own position counter, so a batch's content
             depends on (seed, step, slot) only.
+  only      the training set is the synthetic sets alone (DiffuPT's pretraining stage).
 
 Validation and test are always the real splits; only training data is mixed. The real part
 may be a subset of the train split (`data.train_indices_file`, `train_subset`), e.g. the kept
@@ -25,9 +26,6 @@ import numpy as np
 from jaxsynth.data.base import ImageSource, SubsetSource, group_ids, num_groups
 from jaxsynth.data.pipeline import input_shape
 from jaxsynth.errors import ConfigError, DataError
-
-MIXES = ("count", "fraction")
-
 
 INDICES_KEY = "data.train_indices_file"
 

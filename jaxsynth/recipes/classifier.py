@@ -195,7 +195,7 @@ def plan_training(config, setup: Setup) -> Plan:
   schedule = learning_rate_schedule(config.train, setup.steps_per_epoch, setup.total_steps)
   tx = make_optimizer(config.train, schedule)
   pretrained, extra = None, None
-  if config.train.get("init_from", ""):  # its run holds model.pretrained's weights, trained on
+  if config.train.get("init_from", ""):  # that run started from model.pretrained if set: not again
     pretrained, record = init_from_variables(config, setup)
     extra = {"init_from": record}
   elif config.model.pretrained:

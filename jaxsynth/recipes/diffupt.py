@@ -9,6 +9,8 @@ then fine-tuned on the real, imbalanced train split).
   sample     a sweep of recipe.pretrain_size samples split over the classes by recipe.ratio
              ("30-70": parts per class, DiffuPT Table 6; "" = balanced) with the largest-
              remainder rule; diffupt samples with classifier-free guidance recipe.cfg_scale
+             (it replaces generator.sample.cfg_scale), pretrain_finetune with
+             generator.sample.cfg_scale (3 by default, DiffuPT's w)
   baseline   train_classifier on the real train split (or recipe.baseline_workdir)
   filter     diffupt only, recipe.filter = classifier | realism | class_realism (none: no
              stage): task `filter` on the sweep, judged by (or with the features of) the

@@ -50,9 +50,10 @@ import numpy as np
 from jaxsynth.data import augment, mixture, pipeline as data_pipeline, synthetic_format
 from jaxsynth.data.sources import open_source
 from jaxsynth.data.sources.synthetic import SyntheticSource
-from jaxsynth.diffusion.samplers import GRAD_ON, ClassifierGuidance, make_sampler
+from jaxsynth.diffusion.samplers import GRAD_ON, ClassifierGuidance, SamplerConfig, make_sampler
 from jaxsynth.errors import CheckpointError, ConfigError, DataError
 from jaxsynth.models import convert
+from jaxsynth.models.denoisers import DTYPES
 from jaxsynth.recipes import classifier as classifier_lib
 from jaxsynth.recipes import online
 from jaxsynth.recipes.losses import make_loss, num_outputs, probabilities
@@ -119,12 +120,36 @@ def check_recipe_config(config) -> None:
     if g.sample.cfg_scale > 0:
       raise _bad("generator.sample.cfg_scale", g.sample.cfg_scale, "classifier-free guidance "
                  "needs the class label: set it to 0 with recipe.denoiser_label=null")
+  if config.train.steps != 0:
+    raise _bad("train.steps", config.train.steps, "the IOIS recipes count epochs (the online "
+               "stage trains recipe.epochs passes over real + pool, and the baseline as many): "
+               "set train.steps=0 and recipe.epochs")
   if r.classifier == "bce":
     raise _bad("recipe.classifier", r.classifier, "bce has one logit, but classifier guidance "
                "needs log p(y|x) over the classes: use ce or another multi-logit recipe")
+  _check_sample_keys(g)
   # The budget against the class count, before anything is written (aas_budgets' own error).
   train = open_source(config.data, "train", seed=config.seed)
   online.aas_budgets(np.zeros(train.num_classes), r.budget, r.aas)
+
+
+def _check_sample_keys(g) -> None:
+  """Raises ConfigError for a bad generator.sample.* key of the guided sweeps (checked before
+  the generator trains, not when the first epoch samples)."""
+  s = g.sample
+  for key, options in (("checkpoint", ("latest", "best")), ("dtype", ("",) + DTYPES)):
+    if s[key] not in options:
+      raise _bad(f"generator.sample.{key}", s[key], f"use one of {', '.join(map(repr, options))}")
+  for key in ("batch_size", "shard_size", "num_steps"):
+    if not (isinstance(s[key], int) and s[key] >= 1):
+      raise _bad(f"generator.sample.{key}", s[key], "use a positive integer")
+  options = generator_lib.sampler_options(
+      sampler=s.sampler, num_steps=s.num_steps, cfg_scale=s.cfg_scale, eta=s.eta,
+      spacing=s.spacing, clip_x0=s.clip_x0, num_classes=2, prediction=g.diffusion.prediction)
+  try:
+    SamplerConfig(**options).validate(int(g.diffusion.num_timesteps))
+  except ConfigError as e:
+    raise ConfigError(f"generator.sample: {e} (set it under generator.sample.*)") from None
 
 
 def _online_block(config, generator_dir: str,
@@ -136,6 +161,18 @@ def _online_block(config, generator_dir: str,
   block.classifier_dir = os.path.abspath(classifier_dir) if classifier_dir else ""
   block.sample = ml_collections.ConfigDict({k: config.generator.sample[k] for k in SAMPLE_KEYS})
   return block
+
+
+def epochs_matched(classifier_config):
+  """`classifier_config` whose stages all train recipe.epochs epochs (train.epochs set from it),
+  so the baseline, offline and online classifiers train as long as one another."""
+
+  def make(config, synthetic_paths=()):
+    out = classifier_config(config, synthetic_paths)
+    out.train.epochs = float(config.recipe.epochs)
+    return out
+
+  return make
 
 
 def online_stage_config(config, classifier_config, generator_dir: str):
@@ -159,15 +196,16 @@ def online_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   from jaxsynth.recipes import synthesis  # pylint: disable=import-outside-toplevel  (registry)
   check_recipe_config(config)
   r = config.recipe
+  classifier_config = epochs_matched(synthesis.classifier_config)
   stages = [
       Stage("generator", synthesis.generator_config(config), tasks["train_diffusion"],
             reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
-      Stage("baseline", synthesis.classifier_config(config), tasks["train_classifier"],
+      Stage("baseline", classifier_config(config), tasks["train_classifier"],
             reuse=r.baseline_workdir, reuse_key="recipe.baseline_workdir"),
       Stage("online", None, run_online),
   ]
   pipe = Pipeline(r.name, workdir, stages)
-  pipe.stages["online"].config = online_stage_config(config, synthesis.classifier_config,
+  pipe.stages["online"].config = online_stage_config(config, classifier_config,
                                                      pipe.dir("generator"))
   return pipe
 
@@ -177,18 +215,19 @@ def offline_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   from jaxsynth.recipes import synthesis  # pylint: disable=import-outside-toplevel  (registry)
   check_recipe_config(config)
   r = config.recipe
+  classifier_config = epochs_matched(synthesis.classifier_config)
   stages = [
       Stage("generator", synthesis.generator_config(config), tasks["train_diffusion"],
             reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
-      Stage("baseline", synthesis.classifier_config(config), tasks["train_classifier"],
+      Stage("baseline", classifier_config(config), tasks["train_classifier"],
             reuse=r.baseline_workdir, reuse_key="recipe.baseline_workdir"),
       Stage("guided", None, run_guided),
       Stage("offline", None, tasks["train_classifier"]),
   ]
   pipe = Pipeline(r.name, workdir, stages)
   pipe.stages["guided"].config = guided_stage_config(
-      config, synthesis.classifier_config, pipe.dir("generator"), pipe.dir("baseline"))
-  pipe.stages["offline"].config = synthesis.classifier_config(
+      config, classifier_config, pipe.dir("generator"), pipe.dir("baseline"))
+  pipe.stages["offline"].config = classifier_config(
       config, (os.path.abspath(pipe.dir("guided")),))
   return pipe
 
@@ -345,12 +384,14 @@ def _restore_epoch(directory: str, records: list[dict], template, keep: int):
 
 def _discard_after(directory: str, epoch: int, epochs: int) -> None:
   """Removes what later epochs left (records; checkpoints beyond the next epoch's), so each
-  is redone from `epoch`'s state; their synthetic sets stay, re-checked by their plans."""
+  is redone from `epoch`'s state; their synthetic sets stay, re-checked by their plans, and so
+  does synthesis.json (rewritten; it keeps the time of a set that was already complete)."""
+  if jax.process_index() != 0:   # one process edits the shared directory
+    return
   for e in range(epoch + 1, epochs + 1):
     where = _epoch_dir(directory, e)
-    for name in (EPOCH_FILE, SYNTHESIS_FILE):
-      if os.path.exists(os.path.join(where, name)):
-        os.remove(os.path.join(where, name))
+    if os.path.exists(os.path.join(where, EPOCH_FILE)):
+      os.remove(os.path.join(where, EPOCH_FILE))
     if e > epoch + 1:
       shutil.rmtree(os.path.join(where, "checkpoints"), ignore_errors=True)
 
@@ -438,7 +479,8 @@ def run_online(config, directory: str, stop: StopRequest | None = None) -> dict:
                    "train_per_class_accuracy": accuracy.tolist(),
                    "seconds": float(timing["seconds"]),
                    "images_per_s": timing["images_per_s"], "sampler_traces": sampler.traces}
-      workdir_lib.write_json(os.path.join(where, SYNTHESIS_FILE), synthesis)
+      if jax.process_index() == 0:
+        workdir_lib.write_json(os.path.join(where, SYNTHESIS_FILE), synthesis)
       log.info("online epoch %d/%d: budgets %s (train accuracy %s), synthesis %.2f s",
                e, o.epochs, budgets.tolist(), np.round(accuracy, 3).tolist(),
                synthesis["seconds"])
@@ -527,18 +569,9 @@ def run_guided(config, directory: str, stop: StopRequest | None = None) -> dict:
   gen = generator_lib.load_generator(o.generator_dir, setup.mesh, o.sample.checkpoint,
                                      o.sample.dtype, key="generator.sample.checkpoint")
   _check_generator(gen, setup, "recipe.generator_workdir")
-  tx = make_optimizer(config.train, learning_rate_schedule(config.train, setup.steps_per_epoch,
-                                                           setup.total_steps))
-  state = init_state(setup.model, tx, setup.input_shape, config.seed, setup.mesh)
-  reader = Checkpointer(o.classifier_dir, config.train.keep_checkpoints, read_only=True)
   which = config.evaluate.checkpoint
-  try:
-    if reader.latest_step(which) is None:
-      raise CheckpointError(f"no '{which}' checkpoint in {o.classifier_dir}/checkpoints: "
-                            "finish the baseline stage (rerun), or set evaluate.checkpoint")
-    state, meta = reader.restore(state, which)
-  finally:
-    reader.close()
+  _, _, step, state = classifier_lib.run_variables(config, setup, o.classifier_dir, which)
+  meta = {"step": step}
   workdir_lib.prepare(directory, config, overwrite=False)
   use_ema = config.train.ema_decay > 0
   predict = classifier_lib.make_predict_step(setup.model, use_ema, setup.mesh,

@@ -28,7 +28,7 @@ def aas_budgets(train_accuracy, total: int, adaptive: bool = True) -> np.ndarray
     raise ValueError(f"per-class accuracy must be a finite vector, got {acc!r}")
   if int(total) < acc.size:
     raise ConfigError(f"config key 'recipe.budget' has bad value {total!r}: it is less than the "
-                      f"{acc.size} classes, so some class would get no sample; use at least "
+                      f"{acc.size} classes, so even uniform budgets leave a class out; use at least "
                       f"{acc.size}")
   if not adaptive:
     return largest_remainder(int(total), np.ones_like(acc))

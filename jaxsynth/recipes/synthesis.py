@@ -67,6 +67,14 @@ def check_config(config) -> None:
   if config.recipe.name not in RECIPES:
     raise ConfigError(f"config key 'recipe.name' has bad value {config.recipe.name!r} for task "
                       f"recipe; use one of {', '.join(RECIPES)}")
+  features = config.recipe.get("report_features", "")
+  if features not in ("", "none"):   # checked now, not after every stage has run
+    from jaxsynth.metrics.features import check_spec  # pylint: disable=import-outside-toplevel
+    try:
+      check_spec(features)
+    except ConfigError as e:
+      raise ConfigError(f"config key 'recipe.report_features': {e} (or leave it empty for the "
+                        "baseline classifier's features, or none)") from None
 
 
 def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:

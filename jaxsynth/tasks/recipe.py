@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -9,6 +10,7 @@ from jaxsynth import config as config_lib
 from jaxsynth.data.sources import check_data
 from jaxsynth.errors import ConfigError
 from jaxsynth.recipes import synthesis
+from jaxsynth.synthesis import filters
 from jaxsynth.training import workdir as workdir_lib
 
 STAGE_TASKS = ("train_diffusion", "sample", "filter", "train_classifier", "evaluate")
@@ -16,7 +18,8 @@ STAGE_TASKS = ("train_diffusion", "sample", "filter", "train_classifier", "evalu
 
 def check_stages(pipe) -> None:
   """Checks every stage's config before the first stage runs; the error names the stage."""
-  from jaxsynth.tasks import TASKS, diffusion  # pylint: disable=import-outside-toplevel
+  from jaxsynth.tasks import TASKS, diffusion, sample  # pylint: disable=import-outside-toplevel
+  pending = {os.path.abspath(s.directory) for s in pipe.stages.values() if not s.reuse}
   for stage in pipe.stages.values():
     if stage.reuse:
       continue
@@ -27,6 +30,13 @@ def check_stages(pipe) -> None:
         diffusion.check_config(c)
       elif c.task == "train_classifier":
         check_data(c.data, ["train", "val", *c.evaluate.splits], c.seed)
+      elif c.task == "sample":
+        sample.check_config(c, stage.directory)
+      elif c.task == "filter":
+        f = c.filter.copy_and_resolve_references()
+        if os.path.abspath(f.classifier) in pending:   # an earlier stage's output, made first
+          f.classifier = os.sep
+        filters.check_filter_config(f, "filter", require=True)
     except ConfigError as e:
       raise ConfigError(f"stage {stage.name} of recipe {pipe.name}: {e} (set it under the "
                         "recipe config's keys for that stage, e.g. generator.* for the "
