@@ -1133,6 +1133,20 @@ def _(ctx):
              ("recipe.name=equal_scale needs groups", "{split}_groups", "another recipe"))
 
 
+@case("recipe_report_features_missing_weights")
+def _(ctx):
+  return Bad(["--config", "configs/synthesis.py:augment_tiny", "--workdir", ctx.workdir,
+              f"--config.recipe.report_features=inception:{ctx.tmp / 'nope.pth'}"],
+             ("config key 'recipe.report_features'", "does not exist", "leave it empty"))
+
+
+@case("recipe_filter_key_checked_before_the_generator")
+def _(ctx):
+  return Bad(["--config", "configs/synthesis.py:diffupt_tiny", "--workdir", ctx.workdir,
+              "--config.filter.min_confidence=2.0"],
+             ("stage filter of recipe diffupt", "filter.min_confidence", "probability in [0, 1]"))
+
+
 @case("recipe_online_budget_below_classes")
 def _(ctx):
   return Bad(["--config", "configs/synthesis.py:online_tiny", "--workdir", ctx.workdir,
