@@ -191,20 +191,25 @@ def guided_stage_config(config, classifier_config, generator_dir: str, baseline_
   return out
 
 
-def online_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
-  """generator -> baseline -> online (IOIS Algorithm 1); the result stage is `online`."""
+def _generator_and_baseline(config, tasks: dict):
+  """(the recipe's classifier-config builder, its generator and baseline stages) after the IOIS
+  keys are checked; every classifier stage trains recipe.epochs epochs."""
   from jaxsynth.recipes import synthesis  # pylint: disable=import-outside-toplevel  (registry)
   check_recipe_config(config)
   r = config.recipe
   classifier_config = epochs_matched(synthesis.classifier_config)
-  stages = [
+  return classifier_config, [
       Stage("generator", synthesis.generator_config(config), tasks["train_diffusion"],
             reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
       Stage("baseline", classifier_config(config), tasks["train_classifier"],
             reuse=r.baseline_workdir, reuse_key="recipe.baseline_workdir"),
-      Stage("online", None, run_online),
   ]
-  pipe = Pipeline(r.name, workdir, stages)
+
+
+def online_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
+  """generator -> baseline -> online (IOIS Algorithm 1); the result stage is `online`."""
+  classifier_config, stages = _generator_and_baseline(config, tasks)
+  pipe = Pipeline(config.recipe.name, workdir, stages + [Stage("online", None, run_online)])
   pipe.stages["online"].config = online_stage_config(config, classifier_config,
                                                      pipe.dir("generator"))
   return pipe
@@ -212,19 +217,10 @@ def online_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
 
 def offline_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   """generator -> baseline -> guided (one set from the baseline) -> offline (real + that set)."""
-  from jaxsynth.recipes import synthesis  # pylint: disable=import-outside-toplevel  (registry)
-  check_recipe_config(config)
-  r = config.recipe
-  classifier_config = epochs_matched(synthesis.classifier_config)
-  stages = [
-      Stage("generator", synthesis.generator_config(config), tasks["train_diffusion"],
-            reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
-      Stage("baseline", classifier_config(config), tasks["train_classifier"],
-            reuse=r.baseline_workdir, reuse_key="recipe.baseline_workdir"),
-      Stage("guided", None, run_guided),
-      Stage("offline", None, tasks["train_classifier"]),
-  ]
-  pipe = Pipeline(r.name, workdir, stages)
+  classifier_config, stages = _generator_and_baseline(config, tasks)
+  pipe = Pipeline(config.recipe.name, workdir,
+                  stages + [Stage("guided", None, run_guided),
+                            Stage("offline", None, tasks["train_classifier"])])
   pipe.stages["guided"].config = guided_stage_config(
       config, classifier_config, pipe.dir("generator"), pipe.dir("baseline"))
   pipe.stages["offline"].config = classifier_config(
@@ -430,7 +426,8 @@ def run_online(config, directory: str, stop: StopRequest | None = None) -> dict:
                "per class: use ce or another multi-logit recipe")
   online.aas_budgets(np.zeros(num_classes), int(o.budget), bool(o.aas))
   gen = generator_lib.load_generator(o.generator_dir, setup.mesh, o.sample.checkpoint,
-                                     o.sample.dtype, key="generator.sample.checkpoint")
+                                     o.sample.dtype, key="generator.sample.checkpoint",
+                                     run_key="recipe.generator_workdir")
   _check_generator(gen, setup, "recipe.generator_workdir")
   workdir_lib.prepare(directory, config, overwrite=False)
 
@@ -567,7 +564,8 @@ def run_guided(config, directory: str, stop: StopRequest | None = None) -> dict:
   setup = classifier_lib.build_setup(config)
   online.aas_budgets(np.zeros(setup.num_classes), int(o.budget), bool(o.aas))
   gen = generator_lib.load_generator(o.generator_dir, setup.mesh, o.sample.checkpoint,
-                                     o.sample.dtype, key="generator.sample.checkpoint")
+                                     o.sample.dtype, key="generator.sample.checkpoint",
+                                     run_key="recipe.generator_workdir")
   _check_generator(gen, setup, "recipe.generator_workdir")
   which = config.evaluate.checkpoint
   _, _, step, state = classifier_lib.run_variables(config, setup, o.classifier_dir, which)

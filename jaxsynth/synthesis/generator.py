@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from typing import Any
 
@@ -21,13 +20,14 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxsynth import config as config_lib
 from jaxsynth.data import conditions, pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.sources import open_source
 from jaxsynth.diffusion.schedules import Schedule, make_schedule
 from jaxsynth.errors import CheckpointError
 from jaxsynth.models.denoisers import make_denoiser
-from jaxsynth.training import train_state, workdir as workdir_lib
+from jaxsynth.training import train_state
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.optim import make_optimizer
 
@@ -52,19 +52,9 @@ def sampler_options(*, sampler: str, num_steps: int, cfg_scale: float, num_class
               clip_x0=float(clip_x0) if clip_x0 > 0 else None)
 
 
-def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
-  """The resolved config.json of a train_diffusion run, as a ConfigDict."""
-  path = os.path.join(run_dir, workdir_lib.CONFIG_FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      trained = json.load(f)
-  except FileNotFoundError:
-    raise CheckpointError(f"{path} not found: sample.run_dir must be the --workdir of a "
-                          "train_diffusion run") from None
-  if trained.get("task") != "train_diffusion" or "diffusion" not in trained:
-    raise CheckpointError(f"{path} is a {trained.get('task')!r} run: sample.run_dir must be the "
-                          "--workdir of a train_diffusion run")
-  return ml_collections.ConfigDict(trained)
+def load_run_config(run_dir: str, key: str = "sample.run_dir") -> ml_collections.ConfigDict:
+  """The resolved config.json of the train_diffusion run that config key `key` names."""
+  return ml_collections.ConfigDict(config_lib.read_run_config(run_dir, "train_diffusion", key))
 
 
 def load_ema_params(run_dir: str, run: ml_collections.ConfigDict, model, image_shape, mesh,
@@ -101,9 +91,10 @@ class Generator:
 
 
 def load_generator(run_dir: str, mesh, which: str = "latest", dtype: str = "",
-                   key: str = "sample.checkpoint") -> Generator:
-  """Loads the train_diffusion run in `run_dir`: config, denoiser and EMA params of `which`."""
-  run = load_run_config(run_dir)
+                   key: str = "sample.checkpoint", run_key: str = "sample.run_dir") -> Generator:
+  """Loads the train_diffusion run in `run_dir` (named by config key `run_key`): config,
+  denoiser and EMA params of checkpoint `which` (config key `key`)."""
+  run = load_run_config(run_dir, run_key)
   train = open_source(run.data, "train", seed=run.seed)
   conditioning = conditions.from_source(run.diffusion.get("condition", "class"), train)
   image_shape = pipeline.input_shape(run.data, train)
