@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from bench import machine  # noqa: E402
 from bench.train_step import MatmulProbe, flops_of, log  # noqa: E402
 
 # Issue #4's reference: diffusers UNet2DModel (32x32x3, channels 64/128/128, 2 res blocks,
@@ -254,6 +255,7 @@ def measure(bench: Bench, probes: dict, batch: int, steps: int, reps: int) -> di
   out = {
       "batch": batch, "steps": steps, "nfe": nfe, "effective_batch": effective,
       "compile_s": compile_s, "first_call_s": first_call_s,
+      "seconds": list(sampler.times), "seconds_median": sampler_s,
       "sampler_s_median": sampler_s, "sampler_s_min": min(sampler.times),
       "sampler_cpu_s_median": sampler.cpu_median(),
       "sampler_cpu_cores": sum(sampler.cpu_times) / sum(sampler.times),
@@ -319,19 +321,22 @@ def run(args) -> dict:
   """Runs every measurement and returns the result object."""
   os.environ["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), args.xla_flags)
                                      if f).strip()
+  import jaxsynth  # noqa: F401  (adds its XLA:CPU settings before jax's backend starts)
   import flax
   import jax
   import jax.numpy as jnp
 
   on_cpu = jax.devices()[0].platform == "cpu"
   args.matmul_size = args.matmul_size or (2048 if on_cpu else 8192)
-  result = {"benchmark": "sampler", "config": vars(args).copy(), "device": device_info(),
+  result = {"benchmark": "sampler", "framework": "jaxsynth", "cpu": machine.cpu_info(),
+            "config": vars(args).copy(), "device": device_info(),
             "versions": {"jax": jax.__version__, "flax": flax.__version__,
                          "python": platform.python_version()}}
   log("building the model and counting FLOPs ...")
   bench = Bench(args)
   result["model_config"] = bench.cfg.to_dict()
   result["params"] = bench.params_count
+  result["precision"] = jnp.dtype(getattr(bench.model, "dtype", args.dtype)).name
   result["gflops_per_forward"] = bench.flops_analytic / 1e9
   result["gflops_per_forward_source"] = (
       "analytic: 2 x multiply-adds of every conv/matmul/einsum in the traced forward at batch 1, "

@@ -20,6 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from bench import machine  # noqa: E402
+
 AIMS = {"pipeline_over_step": 3.0, "fraction_of_matmul": 0.5}
 
 
@@ -64,6 +66,7 @@ def configure_xla(args) -> None:
   if args.devices:
     flags.append(f"--xla_force_host_platform_device_count={args.devices}")
   os.environ["XLA_FLAGS"] = " ".join(f for f in flags if f).strip()
+  import jaxsynth  # noqa: F401  (adds its XLA:CPU settings before jax's backend starts)
 
 
 def log(message: str) -> None:
@@ -182,6 +185,7 @@ def bench_train(config, args, mesh, source, probe: MatmulProbe) -> tuple[dict, t
   A matmul rep follows each timed step, so that both see the same load on a shared machine.
   """
   import jax
+  import jax.numpy as jnp
   import numpy as np
   from jaxsynth.models.registry import make_classifier
   from jaxsynth.recipes.losses import make_loss
@@ -226,10 +230,12 @@ def bench_train(config, args, mesh, source, probe: MatmulProbe) -> tuple[dict, t
     raise FloatingPointError("the benchmark's train step gave a non-finite loss or gradient")
   step_s = statistics.median(times)
   out = {"params": params, "compile_s": compile_s, "warmup_s": warmup_s,
+         "precision": jnp.dtype(getattr(model, "dtype", config.model.dtype)).name,
+         "seconds": times, "seconds_median": step_s,
          "step_s_median": step_s, "step_s_min": min(times), "step_s_total": sum(times),
          "step_cpu_s_median": statistics.median(cpu_times),
          "step_cpu_cores": sum(cpu_times) / sum(times),
-         "train_images_per_s": args.batch / step_s,
+         "train_images_per_s": args.batch / step_s, "images_per_s": args.batch / step_s,
          "per_device_step_flops": per_device_flops,
          "step_flops": None if per_device_flops is None else per_device_flops * mesh.devices.size}
   out["achieved_flops_per_s"] = ratio(out["step_flops"], step_s)
@@ -306,7 +312,8 @@ def run(args) -> dict:
   parallel.check_batch_divisible(args.batch, mesh, "--batch")
   source = random_source(args.pipeline_samples, args.image_size, args.channels, args.num_classes,
                          args.seed)
-  result = {"benchmark": "train_step", "config": vars(args).copy(),
+  result = {"benchmark": "train_step", "framework": "jaxsynth", "cpu": machine.cpu_info(),
+            "config": vars(args).copy(),
             "model_config": config.model.to_dict(), "device": device_info(mesh),
             "versions": {"jax": jax.__version__, "flax": flax.__version__,
                          "python": platform.python_version()}}

@@ -97,7 +97,8 @@ def get_config(variant: str | None = None):
   s.spacing = "uniform"             # uniform | quadratic timestep spacing
   s.cfg_scale = 3.0                 # classifier-free guidance w (DiffuPT: 3); 0 = conditional
   s.clip_x0 = 1.0                   # clip predicted x0 to [-c, c] each step; 0 = off
-  s.dtype = ""                      # denoiser compute dtype: "" = as trained | float32 | bfloat16
+  s.dtype = ""                      # denoiser compute dtype: "" = as trained | float32 | bfloat16 | auto
+                                    # (auto: bf16 on GPU/TPU and AVX512-BF16/AMX CPUs, float32 elsewhere)
   #                                   (bfloat16: ~1.9x the images/s of float32 on AVX512-BF16 CPUs)
   # A filtered sweep (sample.filter.name = classifier | realism | realism_class) keeps drawing fresh
   # samples for each class until that many are accepted, within max_attempts x its budget:

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from jaxsynth.errors import CheckpointError, ConfigError
+from jaxsynth.hardware import DTYPE_CHOICES
 
 #: data.synthetic.mix: how synthetic sets join the real train split (data/mixture.py).
 MIXES = ("count", "fraction", "only")
@@ -69,7 +70,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   model.name = "resnet18"
   model.stem = "small"          # small (3x3 conv, no pool; for 28-64 px) | imagenet (7x7 + pool)
   model.width = 64              # channels of the first stage
-  model.dtype = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
+  model.dtype = "float32"       # compute dtype: float32 | bfloat16 | auto (params stay float32;
+                                # auto = bf16 on GPU/TPU and AVX512-BF16/AMX CPUs, else float32)
   # Swin (swin_t/s/b/l) and ViT (vit_s/b) only; ResNets ignore these. See models/swin.py for the
   # patch/window chosen per image size when they are 0.
   model.patch_size = 0          # patch side in px; 0 = by image size (Swin: 2 up to 32 px, else 4)
@@ -231,7 +233,7 @@ def validate(config: ml_collections.ConfigDict, known_tasks: Iterable[str]) -> N
            "train.learning_rate", train.learning_rate, "use a positive number")
   _require(0 <= train.ema_decay < 1, "train.ema_decay", train.ema_decay, "use a value in [0, 1)")
   _one_of("train.select_mode", train.select_mode, ("max", "min"))
-  _one_of("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+  _one_of("model.dtype", config.model.dtype, DTYPE_CHOICES)
   _one_of("evaluate.threshold", config.evaluate.threshold, THRESHOLDS)
   _one_of("evaluate.checkpoint", config.evaluate.checkpoint, ("best", "latest"))
   splits = tuple(config.evaluate.splits)

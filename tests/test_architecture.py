@@ -7,7 +7,7 @@ import jaxsynth
 
 # Package (or top-level module) of jaxsynth -> layer; a module may import its own package and
 # lower layers only (docs/architecture.md).
-LAYERS = {"errors": 0, "faults": 0, "files": 1, "config": 1,
+LAYERS = {"errors": 0, "faults": 0, "hardware": 0, "__init__": 1, "files": 1, "config": 1,
           "data": 2, "models": 2, "training": 2,
           "diffusion": 3, "metrics": 3,
           "synthesis": 4,

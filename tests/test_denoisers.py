@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxsynth.errors import ConfigError
-from jaxsynth.models import denoisers
+from jaxsynth.models import attention, denoisers, embeddings
 from jaxsynth.models.dit import dit_config
 from jaxsynth.models.embeddings import (dot_product_attention, sincos_pos_embed_2d,
                                         timestep_embedding)
@@ -151,8 +151,9 @@ def test_reference_unet_matches_the_diffusers_benchmark_size_and_flops():
   assert abs(n / REFERENCE_PARAMS - 1) < 0.05
   flops = denoisers.forward_flops(model, (32, 32, 3))
   assert abs(flops["analytic"] / 1e9 / REFERENCE_GFLOPS - 1) < 0.01
-  # XLA's count skips zero-padded conv taps (-5%) and adds elementwise ops (+1%).
-  assert abs(flops["xla"] / 1e9 / REFERENCE_GFLOPS - 1) < 0.05
+  # XLA's count skips zero-padded conv taps (-5%), counts the CPU's parity upsample convs at
+  # 4/9 of their multiply-adds (-5%) and adds elementwise ops (+1%).
+  assert 0.85 < flops["xla"] / 1e9 / REFERENCE_GFLOPS < 1.05
   # The count is the model's, not the formulation's: the CPU bf16 path's dots also multiply
   # padding rows, which must not inflate the FLOPs the benchmark divides by.
   bf16 = denoisers.reference_unet_config()
@@ -194,7 +195,18 @@ def test_embeddings_follow_the_reference_formulas():
   np.testing.assert_allclose(pos[4, 4:6], [np.sin(1.0), np.sin(0.01)], rtol=1e-6)  # row 1
 
 
-def test_attention_equals_plain_softmax_attention_values_and_gradients():
+@pytest.mark.parametrize("impl,chunk_bytes", [
+    ("auto", None), ("plain", None), ("chunked", None), ("chunked", 4 * 5 * 5 * 2),
+    ("chunked", 1)])
+def test_attention_equals_plain_softmax_attention_values_and_gradients(monkeypatch, impl,
+                                                                       chunk_bytes):
+  """Every attention formulation (CPU's chunked one with its own VJP, in one chunk, in chunks
+  of 2 heads and of 1) against softmax(q k / sqrt d) v, values and gradients."""
+  if chunk_bytes is not None:
+    monkeypatch.setattr(attention, "CHUNK_BYTES", chunk_bytes)
+  dot_product_attention = {"auto": embeddings.dot_product_attention,
+                           "plain": embeddings.plain_attention,
+                           "chunked": attention.chunked_attention}[impl]
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(3 * rng.normal(size=(2, 5, 3, 4)), jnp.float32) for _ in range(3))
 

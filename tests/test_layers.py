@@ -166,9 +166,9 @@ def test_group_norm_matches_flax(shape, groups):
                              atol=2 ** -7 * float(jnp.abs(ref).max()))
 
 
-def test_group_norm_choice_keeps_float32_on_flax():
-  assert group_norm(jnp.float32) is nn.GroupNorm
-  assert group_norm(jnp.bfloat16) is GroupNorm                      # CPU
+def test_group_norm_choice_is_ours_on_cpu_in_every_dtype():
+  assert group_norm(jnp.float32) is GroupNorm                       # the tests run on CPU
+  assert group_norm(jnp.bfloat16) is GroupNorm
 
 
 def test_dense_accumulates_in_float32_with_flax_parameters():

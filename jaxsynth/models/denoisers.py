@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxsynth import hardware
 from jaxsynth.errors import ConfigError
 from jaxsynth.models import dit, unet
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = hardware.DTYPE_CHOICES       # auto | float32 | bfloat16 (see jaxsynth/hardware.py)
 CONV_IMPLS = ("auto", "xla", "im2col")
 
 
@@ -27,7 +28,8 @@ def denoiser_model_config() -> ml_collections.ConfigDict:
   """The `model` keys of a diffusion config, with defaults (a small ADM UNet for 32 px)."""
   model = ml_collections.ConfigDict()
   model.name = "unet"             # unet | dit
-  model.dtype = "float32"         # compute dtype: float32 | bfloat16 (params stay float32)
+  model.dtype = "float32"         # compute dtype: float32 | bfloat16 | auto (params stay float32;
+                                  # auto = bf16 on GPU/TPU and AVX512-BF16/AMX CPUs, else float32)
   model.learn_sigma = False       # True doubles the output channels (learned variance)
   model.conv_impl = "auto"        # auto | xla | im2col (see models/layers.py)
 
@@ -73,7 +75,7 @@ def _dtype(model_cfg) -> jnp.dtype:
   if model_cfg.conv_impl not in CONV_IMPLS:
     raise ConfigError(f"config key 'model.conv_impl' has bad value {model_cfg.conv_impl!r}; "
                       f"use one of {', '.join(CONV_IMPLS)}")
-  return jnp.dtype(model_cfg.dtype)
+  return hardware.compute_dtype(model_cfg.dtype)
 
 
 def _make_unet(model_cfg, num_classes: int) -> unet.UNet:
@@ -220,9 +222,9 @@ def forward_flops(model, image_shape, batch: int = 1) -> dict:
   params = abstract_params(model, image_shape)
   inputs = example_inputs(image_shape, batch)
   forward = lambda p, x, t, y: model.apply(p, x, t, y)
-  # Counted on the float32 formulation: the CPU bf16 path's dots also multiply padding rows
-  # (layers.row_conv), work that is not the model's.
-  canonical = model.clone(dtype=jnp.float32)
+  # Counted on float32 XLA convolutions: the CPU bf16 path's dots also multiply padding rows
+  # (layers.row_conv) and the parity upsample conv skips 5/9 of them; neither is the model's.
+  canonical = model.clone(dtype=jnp.float32, conv_impl="xla")
   analytic = matmul_flops(lambda p, x, t, y: canonical.apply(p, x, t, y), params, *inputs)
   cost = jax.jit(forward).lower(params, *inputs).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

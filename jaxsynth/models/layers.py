@@ -1,9 +1,12 @@
-"""Shared layers. `Conv` picks the fastest convolution formulation for the backend and dtype.
+"""Shared layers. `Conv` picks the fastest convolution formulation for the backend, dtype, CPU
+and shape, all in `conv_formulation`.
 
 XLA's CPU convolution is pathologically slow on tiny feature maps (a 3x3 conv on a 2x2 map
-with 512 channels runs at ~1 GFLOP/s, 60x below a matmul) and in the weight gradient of
-strided convs. There an explicit im2col - k*k shifted slices concatenated, then one matmul -
-runs near matmul speed. `bench/sampler.py --conv-impl xla|im2col|auto` compares them.
+with 512 channels runs at 1-2 GFLOP/s, 60x below a matmul), and with YNNPACK's kernels (XLA's
+default; jaxsynth switches them off for convolutions, see `jaxsynth/hardware.py`) also in the
+weight gradient of strided convs. There an explicit im2col - k*k shifted slices concatenated,
+then one matmul - runs near matmul speed. `bench/sampler.py --conv-impl xla|im2col|auto` and
+`bench/train_step.py --set model.conv_impl=...` compare them.
 
 In bfloat16 on CPU (AVX512-BF16) a dot with bf16 operands and float32 accumulation
 (`preferred_element_type=float32`) runs at 250-330 GFLOP/s against ~200 for float32 and for
@@ -13,8 +16,8 @@ dtype on CPU, `auto` turns every conv into such dots: a stride-1 k x k conv beco
 row-shifted in float32: 3x the input's memory rather than im2col's 9x, and no operand is a
 strided copy), a strided one im2col, a 1x1 one a dot; a 3x3 conv of a nearest-2x-upsampled map
 (`Conv(upsample=True)`, the UNet's up path) four 2x2 convs on the small map, one per output
-parity (4/9 of the multiply-adds; 23.6 -> 7.7 ms at batch 16 on 16x16x128). The float32 path
-computes the same values as before, bit for bit.
+parity (4/9 of the multiply-adds; 23.6 -> 7.7 ms at batch 16 on 16x16x128). Every formulation
+is differentiated by JAX, so its gradients are dots too.
 
 Data movement is written for XLA:CPU too (measured on the 2-core AVX512-BF16 machine, 2026-11):
 bf16 moves as uint16 bits (a bf16 channel concatenation of UNet skips ran 8 ms, the same bits
@@ -30,9 +33,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# im2col is used on CPU for 1x1 convs (a plain matmul; XLA's 1x1 weight gradient is slow), when
-# the output map has at most this many pixels, or when a k>1 conv is strided.
+from jaxsynth import hardware
+
+# float32 on CPU (see conv_formulation): im2col for output maps of at most this many pixels,
+# with YNNPACK's convolutions (XLA's default) and with Eigen's (jaxsynth's default).
 IM2COL_MAX_OUTPUT_PIXELS = 16
+EIGEN_IM2COL_MAX_OUTPUT_PIXELS = 4
 
 
 def _moves_as_bits(xs: Sequence[jax.Array]) -> bool:
@@ -144,6 +150,12 @@ def row_conv(x: jax.Array, kernel: jax.Array, padding: Sequence[tuple[int, int]]
   return functools.reduce(jnp.add, parts)
 
 
+def _lax_conv(x, kernel, strides, padding):
+  """lax.conv_general_dilated on NHWC inputs and HWIO kernels."""
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def upsample_nearest(x: jax.Array) -> jax.Array:
   """2x nearest-neighbour upsampling of an NHWC map."""
   b, h, w, c = x.shape
@@ -162,9 +174,9 @@ def _collapse_taps(kernel: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
 def upsample_conv(x: jax.Array, kernel: jax.Array, accumulate=jnp.float32) -> jax.Array:
   """conv3x3(upsample_nearest(x)) with zero padding 1, as four 2x2 convs on x, one per output
   pixel parity, interleaved: the same sums with 4/9 of the multiply-adds (the upsampled map's
-  3x3 window covers only 2x2 distinct input pixels). Returns `accumulate`."""
+  3x3 window covers only 2x2 distinct input pixels). Returns `accumulate` (None: x's dtype)."""
   b, h, w, _ = x.shape
-  by_row = _collapse_taps(kernel.astype(jnp.float32), axis=0)
+  by_row = _collapse_taps(kernel.astype(jnp.float32 if accumulate is not None else x.dtype), axis=0)
   rows = []
   for a, row_kernel in enumerate(by_row):
     parts = [row_conv(x, k.astype(x.dtype), ((1 - a, a), (1 - c, c)), accumulate)
@@ -173,21 +185,48 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, accumulate=jnp.float32) -> ja
   return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, -1)
 
 
-def use_im2col(out_pixels: int, strided: bool, kernel_pixels: int, impl: str) -> bool:
-  """Whether `Conv` should use im2col for this shape under `impl` (auto | xla | im2col)."""
-  if impl != "auto":
-    return impl == "im2col"
-  if jax.default_backend() != "cpu":
-    return False
-  return (kernel_pixels == 1 or out_pixels <= IM2COL_MAX_OUTPUT_PIXELS
-          or (strided and kernel_pixels > 1))
-
-
 def accumulates_in_float32(dtype, impl: str = "auto") -> bool:
   """Whether `Conv` computes in `dtype` through dots with float32 accumulation: 2-byte floats
   on CPU under `auto`, where that dot is the fastest op (see the module docstring)."""
   return (impl == "auto" and jax.default_backend() == "cpu"
           and jnp.dtype(dtype).itemsize == 2 and jnp.issubdtype(dtype, jnp.floating))
+
+
+def conv_formulation(dtype, impl: str, kernel_size: Sequence[int], strides: Sequence[int],
+                     out_pixels: int, upsample_3x3: bool = False, backend: str | None = None,
+                     library: str | None = None) -> str:
+  """The formulation `Conv` uses: `xla` (lax.conv), `im2col`, `row` (row_conv) or `parity`
+  (upsample_conv), for the backend, dtype, XLA:CPU's conv library and the shape. The one place
+  this is decided; measured on the 2-core AMD EPYC (AVX512-BF16), 2026-11 and 2026-12:
+
+  - `impl` xla / im2col: as asked. Not CPU: xla.
+  - CPU, the 3x3 conv of a 2x-upsampled map: `parity` in every dtype (float32, batch 16,
+    16x16x128: 25 -> 14 ms forward, 54 -> 44 ms VJP).
+  - CPU, 2-byte floats: dots with float32 accumulation (bf16 dots run at 250-380 GFLOP/s, XLA's
+    bf16 conv at 90-190): `row` for stride-1 k x k convs, `im2col` for strided and 1x1 ones.
+  - CPU, float32, Eigen convs (`hardware.xla_conv_library()`, jaxsynth's default): xla, except
+    maps of at most 4 output pixels (Eigen: 2-14 GFLOP/s on 2x2 and 1x1 maps, im2col 90-140)
+    and strided 1x1 convs (their VJP 34 vs 21 ms at 28x28x64 -> 128, batch 128) -> im2col.
+  - CPU, float32, YNNPACK convs (XLA's default set): im2col for 1x1 kernels, maps of at most
+    16 output pixels and strided k x k convs (YNNPACK's weight gradients are slow there), else xla.
+  """
+  if impl != "auto":
+    return impl
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return "xla"
+  kernel_pixels = int(kernel_size[0]) * int(kernel_size[1])
+  strided = tuple(strides) != (1, 1)
+  if upsample_3x3:
+    return "parity"
+  if jnp.dtype(dtype).itemsize == 2 and jnp.issubdtype(dtype, jnp.floating):
+    return "row" if not strided and kernel_pixels > 1 else "im2col"
+  if (library or hardware.xla_conv_library()) == "eigen":
+    tiny = out_pixels <= EIGEN_IM2COL_MAX_OUTPUT_PIXELS
+    return "im2col" if tiny or (strided and kernel_pixels == 1) else "xla"
+  if kernel_pixels == 1 or out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or strided:
+    return "im2col"
+  return "xla"
 
 
 class Conv(nn.Module):
@@ -209,16 +248,20 @@ class Conv(nn.Module):
     padding = (((self.padding, self.padding),) * 2 if isinstance(self.padding, int)
                else tuple(tuple(p) for p in self.padding))
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-    fast = accumulates_in_float32(self.dtype, self.impl)
-    by_parity = (self.upsample and fast and (kh, kw) == (3, 3) and strides == (1, 1)
-                 and padding == ((1, 1), (1, 1)))
-    if self.upsample and not by_parity:
+    upsample_3x3 = (self.upsample and (kh, kw) == (3, 3) and strides == (1, 1)
+                    and padding == ((1, 1), (1, 1)))
+    in_h, in_w = (2 * x.shape[1], 2 * x.shape[2]) if self.upsample else x.shape[1:3]
+    out_h = (in_h + sum(padding[0]) - kh) // strides[0] + 1
+    out_w = (in_w + sum(padding[1]) - kw) // strides[1] + 1
+    formulation = conv_formulation(self.dtype, self.impl, (kh, kw), strides, out_h * out_w,
+                                   upsample_3x3)
+    if self.upsample and formulation != "parity":
       x = upsample_nearest(x)
     x = x.astype(self.dtype)
-    if fast:
-      if by_parity:
+    if accumulates_in_float32(self.dtype, self.impl):
+      if formulation == "parity":
         y = upsample_conv(x, kernel, jnp.float32)
-      elif strides == (1, 1) and kh * kw > 1:
+      elif formulation == "row":
         y = row_conv(x, kernel.astype(self.dtype), padding, jnp.float32)
       else:
         y = im2col_conv(x, kernel.astype(self.dtype), strides, padding, jnp.float32)
@@ -226,13 +269,12 @@ class Conv(nn.Module):
         y = y + self.param("bias", nn.initializers.zeros, (self.features,))
       return y.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    out_h = (x.shape[1] + sum(padding[0]) - kh) // strides[0] + 1
-    out_w = (x.shape[2] + sum(padding[1]) - kw) // strides[1] + 1
-    if use_im2col(out_h * out_w, strides != (1, 1), kh * kw, self.impl):
+    if formulation == "parity":
+      y = upsample_conv(x, kernel, None)
+    elif formulation == "im2col":
       y = im2col_conv(x, kernel, strides, padding)
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = _lax_conv(x, kernel, strides, padding)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y
@@ -293,6 +335,6 @@ def pre_conv_dtype(dtype):
 
 
 def group_norm(dtype):
-  """The GroupNorm class for a compute dtype: `GroupNorm` where `Conv` accumulates in float32
-  (2-byte floats on CPU), else flax's (the float32 path stays as it was)."""
-  return GroupNorm if accumulates_in_float32(dtype) else nn.GroupNorm
+  """The GroupNorm class for a compute dtype: `GroupNorm` on CPU (2-5x faster there than
+  flax's in either dtype: batch 16, 32x32x64, float32: 7.5 -> 1.5 ms forward), else flax's."""
+  return GroupNorm if jax.default_backend() == "cpu" else nn.GroupNorm

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from jaxsynth.errors import ConfigError
+from jaxsynth.hardware import compute_dtype
 from jaxsynth.models import resnet, swin, vit
 
 RESNETS = {f"resnet{d}": d for d in resnet.STAGE_BLOCKS}
@@ -17,7 +16,7 @@ def _bad(key: str, value, fix: str) -> ConfigError:
 
 def _transformer_kwargs(model_cfg) -> dict:
   """Patch, window, drop-path and size overrides shared by Swin and ViT (0 / () = default)."""
-  kwargs = {"dtype": jnp.dtype(model_cfg.dtype)}
+  kwargs = {"dtype": compute_dtype(model_cfg.dtype)}
   for key in ("patch_size", "window_size"):
     if model_cfg.get(key, 0) < 0:
       raise _bad(key, model_cfg[key], "use 0 (chosen from the image size) or a positive size")
@@ -62,4 +61,4 @@ def make_classifier(model_cfg, num_classes: int):
   if model_cfg.stem not in ("small", "imagenet"):
     raise _bad("stem", model_cfg.stem, "use small or imagenet")
   return resnet.resnet(RESNETS[name], num_classes, width=model_cfg.width,
-                       stem=model_cfg.stem, dtype=jnp.dtype(model_cfg.dtype))
+                       stem=model_cfg.stem, dtype=compute_dtype(model_cfg.dtype))

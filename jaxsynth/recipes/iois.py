@@ -53,6 +53,7 @@ from jaxsynth.data.sources.synthetic import SyntheticSource
 from jaxsynth.diffusion.samplers import GRAD_ON, ClassifierGuidance, SamplerConfig, make_sampler
 from jaxsynth.errors import CheckpointError, ConfigError, DataError
 from jaxsynth.models import convert
+from jaxsynth.hardware import resolve_dtype
 from jaxsynth.models.denoisers import DTYPES
 from jaxsynth.recipes import classifier as classifier_lib
 from jaxsynth.recipes import online
@@ -286,7 +287,7 @@ def synthesise(sampler: GuidedSampler, gen, variables, budgets, directory: str, 
       "total": int(np.sum(budgets)), "shard_size": plan.shard_size, "seed": int(config.seed),
       "run_dir": gen.run_dir,
       "checkpoint": {"which": o.sample.checkpoint, "step": gen.step, **provenance},
-      "compute_dtype": o.sample.dtype or gen.config.model.dtype,
+      "compute_dtype": resolve_dtype(o.sample.dtype or gen.config.model.dtype),
       "sampler": sampler.settings(o),
       "schedule": {"name": gen.config.diffusion.schedule,
                    "num_timesteps": int(gen.config.diffusion.num_timesteps)},

@@ -29,6 +29,7 @@ from jaxsynth.data.sources import open_source
 from jaxsynth.diffusion.samplers import SAMPLERS, SPACINGS, make_sampler
 from jaxsynth.diffusion.schedules import make_schedule
 from jaxsynth.errors import ConfigError, DataError
+from jaxsynth.hardware import resolve_dtype
 from jaxsynth.models.denoisers import DTYPES, make_denoiser
 from jaxsynth.synthesis import filters, sweep
 from jaxsynth.synthesis.generator import load_ema_params, load_run_config
@@ -137,7 +138,7 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
       "total": int(counts.sum()), "shard_size": plan.shard_size, "seed": int(config.seed),
       "run_dir": os.path.abspath(config.sample.run_dir),
       "checkpoint": {"which": config.sample.checkpoint, "step": step},
-      "compute_dtype": model_cfg.dtype,
+      "compute_dtype": resolve_dtype(model_cfg.dtype),
       "sampler": options,
       "schedule": {"name": d.schedule, "num_timesteps": int(d.num_timesteps)},
       "label_order": "interleaved", "config": json.loads(config_lib.to_json(config)),
