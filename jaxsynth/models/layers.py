@@ -6,7 +6,7 @@ with 512 channels runs at 1-2 GFLOP/s, 60x below a matmul), and with YNNPACK's k
 default; jaxsynth switches them off for convolutions, see `jaxsynth/hardware.py`) also in the
 weight gradient of strided convs. There an explicit im2col - k*k shifted slices concatenated,
 then one matmul - runs near matmul speed. `bench/sampler.py --conv-impl xla|im2col|auto` and
-`bench/train_step.py --set model.conv_impl=...` compare them.
+`bench/diffusion_train_step.py --conv-impl ...` compare them.
 
 In bfloat16 on CPU (AVX512-BF16) a dot with bf16 operands and float32 accumulation
 (`preferred_element_type=float32`) runs at 250-330 GFLOP/s against ~200 for float32 and for
