@@ -14,7 +14,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -22,30 +21,14 @@ if ROOT not in sys.path:
 
 from bench import machine  # noqa: E402
 from bench.sampler import device_info as sampler_device_info  # noqa: E402
-from bench.sampler import int_list, model_config  # noqa: E402
-from bench.train_step import MatmulProbe, flops_of, log, ratio  # noqa: E402
+from bench.sampler import add_denoiser_args, model_config  # noqa: E402
+from bench.train_step import MatmulProbe, compile_and_time, log, ratio  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   """The benchmark's command line (the model options are bench/sampler.py's)."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--model", default="unet", choices=("unet", "dit"))
-  p.add_argument("--image-size", type=int, default=32)
-  p.add_argument("--image-channels", type=int, default=3)
-  p.add_argument("--channels", type=int_list, default=(64, 128, 128),
-                 help="UNet channels per level, e.g. 64,128,128")
-  p.add_argument("--res-blocks", type=int, default=2)
-  p.add_argument("--attn-res", type=int_list, default=(16,),
-                 help="feature-map sizes with self-attention, e.g. 16 or 16,8 ('none': no attention)")
-  p.add_argument("--head-dim", type=int, default=8, help="channels per attention head")
-  p.add_argument("--norm-groups", type=int, default=32)
-  p.add_argument("--time-embed-dim", type=int, default=256)
-  p.add_argument("--mid-attention", action="store_true",
-                 help="attention in the middle block (the reference has none)")
-  p.add_argument("--scale-shift-norm", action="store_true",
-                 help="ADM's AdaGN injection (the reference adds the embedding, diffusers-style)")
-  p.add_argument("--dit-variant", default="DiT-S/2", help="with --model dit: DiT-{S,B,L,XL}/{2,4,8}")
-  p.add_argument("--classes", type=int, default=2)
+  add_denoiser_args(p)
   p.add_argument("--batch", type=int, default=64, help="images per train step")
   p.add_argument("--timesteps", type=int, default=1000, help="the linear schedule's T")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "auto"),
@@ -125,25 +108,10 @@ def bench_step(config, args, mesh, probe: MatmulProbe) -> dict:
 
   log(f"compiling the {config.model.name} diffusion train step ({params:,} params, batch "
       f"{args.batch}) ...")
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  per_device_flops = flops_of(compiled)
-  start = time.perf_counter()
-  for _ in range(args.warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(state)
-  warmup_s = time.perf_counter() - start
-  log(f"compiled in {compile_s:.1f}s; timing {args.reps} steps ...")
-  times, cpu_times = [], []
-  for r in range(args.reps):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
-    probe.rep()
-    log(f"  step {r + 1}/{args.reps}: {times[-1]:.3f}s")
+  run = compile_and_time(step, state, batch, args.warmup, args.reps, probe)
+  compiled, state, metrics = run["compiled"], run["state"], run["metrics"]
+  compile_s, warmup_s, per_device_flops = run["compile_s"], run["warmup_s"], run["per_device_flops"]
+  times, cpu_times = run["times"], run["cpu_times"]
   if args.profile:
     log(f"tracing two steps into {args.profile} ...")
     with jax.profiler.trace(args.profile):

@@ -46,9 +46,8 @@ def int_list(text: str) -> tuple[int, ...]:
   return () if text in ("", "none") else tuple(int(v) for v in text.split(","))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  """The benchmark's command line."""
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_denoiser_args(p: argparse.ArgumentParser) -> None:
+  """The denoiser options `model_config` reads (the issue-#4 reference UNet by default)."""
   p.add_argument("--model", default="unet", choices=("unet", "dit"))
   p.add_argument("--image-size", type=int, default=32)
   p.add_argument("--image-channels", type=int, default=3)
@@ -66,6 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="ADM's AdaGN injection (the reference adds the embedding, diffusers-style)")
   p.add_argument("--dit-variant", default="DiT-S/2", help="with --model dit: DiT-{S,B,L,XL}/{2,4,8}")
   p.add_argument("--classes", type=int, default=2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  """The benchmark's command line."""
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_denoiser_args(p)
   p.add_argument("--batch", type=int, default=16, help="images per sampler call")
   p.add_argument("--steps", type=int, default=50, help="sampler steps (ddpm: always --timesteps)")
   p.add_argument("--cfg", type=float, default=None,

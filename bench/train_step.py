@@ -179,6 +179,37 @@ def random_source(n: int, size: int, channels: int, num_classes: int, seed: int)
   return ArraySource(images, np.arange(n) % num_classes)
 
 
+def compile_and_time(step, state, batch, warmup: int, reps: int, probe: MatmulProbe) -> dict:
+  """Compiles `step` ahead of time, runs `warmup` untimed steps, then `reps` timed ones, a
+  matmul rep after each (so both see the same load on a shared machine).
+
+  Returns compiled, state, metrics, compile_s, warmup_s, times, cpu_times, per_device_flops.
+  """
+  import jax
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  metrics = None
+  start = time.perf_counter()
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(state)
+  warmup_s = time.perf_counter() - start
+  log(f"compiled in {compile_s:.1f}s; timing {reps} steps ...")
+  times, cpu_times = [], []
+  for r in range(reps):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
+    probe.rep()
+    log(f"  step {r + 1}/{reps}: {times[-1]:.3f}s")
+  return {"compiled": compiled, "state": state, "metrics": metrics, "compile_s": compile_s,
+          "warmup_s": warmup_s, "times": times, "cpu_times": cpu_times,
+          "per_device_flops": flops_of(compiled)}
+
+
 def bench_train(config, args, mesh, source, probe: MatmulProbe) -> tuple[dict, tuple]:
   """Compiles the project's train step, then times warm steps on a fixed device batch.
 
@@ -208,24 +239,10 @@ def bench_train(config, args, mesh, source, probe: MatmulProbe) -> tuple[dict, t
   batch = parallel.to_global(host_batch, parallel.batch_sharding(mesh))
 
   log(f"compiling the {config.model.name} train step ({params:,} params) ...")
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  per_device_flops = flops_of(compiled)
-  start = time.perf_counter()
-  for _ in range(args.warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(state)
-  warmup_s = time.perf_counter() - start
-  log(f"compiled in {compile_s:.1f}s; timing {args.steps} steps ...")
-  times, cpu_times = [], []
-  for _ in range(args.steps):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
-    probe.rep()
+  run = compile_and_time(step, state, batch, args.warmup, args.steps, probe)
+  compiled, state, metrics = run["compiled"], run["state"], run["metrics"]
+  compile_s, warmup_s, per_device_flops = run["compile_s"], run["warmup_s"], run["per_device_flops"]
+  times, cpu_times = run["times"], run["cpu_times"]
   if not bool(jax.device_get(metrics["finite"])):
     raise FloatingPointError("the benchmark's train step gave a non-finite loss or gradient")
   step_s = statistics.median(times)

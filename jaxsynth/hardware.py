@@ -102,9 +102,6 @@ def _backends_started() -> bool:
   return bool(xla_bridge.backends_are_initialized())
 
 
-_STATE = {"applied": False}
-
-
 def configure_xla() -> bool:
   """Adds the YNNPACK fusion setting above to XLA_FLAGS unless the user chose one or opted out
   (JAXSYNTH_XLA_DEFAULTS=0); returns whether it was added. Called when jaxsynth is imported."""
@@ -119,7 +116,6 @@ def configure_xla() -> bool:
                   f"{YNN_FUSION_FLAG}={YNN_FUSIONS} before starting Python", stacklevel=3)
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {YNN_FUSION_FLAG}={YNN_FUSIONS}".strip()
-  _STATE["applied"] = True
   return True
 
 
@@ -132,10 +128,3 @@ def xla_conv_library(xla_flags: str | None = None) -> str:
     return "ynn"
   return "ynn" if "individual_convolution" in value.split(",") else "eigen"
 
-
-def describe() -> dict:
-  """The capability facts benchmarks and logs record."""
-  flags = cpu_flags()
-  return {"cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma"))),
-          "native_bf16_dots": native_bf16_dots(flags), "xla_conv_library": xla_conv_library(),
-          "xla_defaults_applied": _STATE["applied"]}

@@ -92,6 +92,22 @@ class Timer:
     return time.perf_counter() - start
 
 
+def time_train_steps(step, args, last: dict) -> tuple[Timer, float, float]:
+  """Runs `args.warmup` untimed then `args.reps` timed calls of `step` (which stores its loss
+  tensor in `last["loss"]`); returns (timer, warm-up seconds, the last loss, checked finite)."""
+  import math
+  timer = Timer(step)
+  warmup_s = timer.untimed(args.warmup)
+  log(f"timing {args.reps} steps ...")
+  for r in range(args.reps):
+    timer.rep()
+    log(f"  step {r + 1}/{args.reps}: {timer.times[-1]:.3f}s")
+  loss = float(last["loss"])
+  if not math.isfinite(loss):
+    raise FloatingPointError("the benchmark's train step gave a non-finite loss")
+  return timer, warmup_s, loss
+
+
 def versions(diffusers: bool) -> dict:
   """torch (and diffusers) and python versions."""
   import torch

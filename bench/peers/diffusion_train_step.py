@@ -10,13 +10,12 @@ over T); eps-prediction MSE; backward; Adam step; zero_grad(set_to_none=True).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (add_common_args, autocast, common_fields, count_params, log, main,  # noqa: E402
-                    memory_format, setup_torch, Timer, unet, UNET_CONFIG)
+                    memory_format, setup_torch, time_train_steps, unet, UNET_CONFIG)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -68,15 +67,7 @@ def run(args) -> dict:
 
   log(f"UNet2DModel ({params:,} params), {args.image_size}px, batch {args.batch}, {args.dtype}, "
       f"{torch.get_num_threads()} threads; {args.warmup} warm-up steps ...")
-  timer = Timer(step)
-  warmup_s = timer.untimed(args.warmup)
-  log(f"timing {args.reps} steps ...")
-  for r in range(args.reps):
-    timer.rep()
-    log(f"  step {r + 1}/{args.reps}: {timer.times[-1]:.3f}s")
-  loss = float(last["loss"])
-  if not math.isfinite(loss):
-    raise FloatingPointError("the benchmark's train step gave a non-finite loss")
+  timer, warmup_s, loss = time_train_steps(step, args, last)
   result = common_fields("diffusion_train_step", "diffusers", args, params, timer, warmup_s)
   result.update({
       "model": "unet (diffusers UNet2DModel, issue-#4 reference)",

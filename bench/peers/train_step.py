@@ -9,13 +9,12 @@ jaxsynth/models/resnet.py builds it.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (add_common_args, autocast, common_fields, count_params, log, main,  # noqa: E402
-                    memory_format, setup_torch, Timer)
+                    memory_format, setup_torch, time_train_steps)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -109,15 +108,7 @@ def run(args) -> dict:
 
   log(f"ResNet-18 ({params:,} params), {args.image_size}px x{args.channels}, batch {args.batch}, "
       f"{args.dtype}, {torch.get_num_threads()} threads; {args.warmup} warm-up steps ...")
-  timer = Timer(step)
-  warmup_s = timer.untimed(args.warmup)
-  log(f"timing {args.reps} steps ...")
-  for r in range(args.reps):
-    timer.rep()
-    log(f"  step {r + 1}/{args.reps}: {timer.times[-1]:.3f}s")
-  loss = float(last["loss"])
-  if not math.isfinite(loss):
-    raise FloatingPointError("the benchmark's train step gave a non-finite loss")
+  timer, warmup_s, loss = time_train_steps(step, args, last)
   result = common_fields("train_step", "torch", args, params, timer, warmup_s)
   result.update({
       "model": "resnet18 (small stem, plain torch)", "optimizer": "Adam", "loss": "cross_entropy",

@@ -14,7 +14,6 @@ P): 205-237 ms for the same block. Without differentiation the forward is the pl
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
