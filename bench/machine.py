@@ -31,9 +31,12 @@ def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
 
 
 def machine_class(flags) -> str:
-  """The CPU class the results tables are kept by: avx512_bf16 | avx512 | avx2 | other."""
+  """The CPU class the results tables are kept by: amx (Intel Xeon with AMX tiles: bf16 dots
+  at 5x its float32 matmul) | avx512_bf16 | avx512 | avx2 | other."""
   flags = set(flags)
-  if "avx512_bf16" in flags or "amx_bf16" in flags:
+  if "amx_bf16" in flags or "amx_tile" in flags:
+    return "amx"
+  if "avx512_bf16" in flags:
     return "avx512_bf16"
   if "avx512f" in flags:
     return "avx512"

@@ -32,6 +32,13 @@ YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # XLA's default set without individual_convolution (convolutions go to XLA's Eigen kernels).
 YNN_FUSIONS = "individual_dot,reduce"
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+AMX_FLAGS = ("amx_bf16", "amx_tile")
+# Bytes of float32 attention weights per lax.map step of the CPU attention backward
+# (models/attention.py), by CPU class: the fastest size measured at batch 64, 16 heads of 8 over
+# 256 tokens, forward + backward per block: 2-core AMD EPYC with AVX512-BF16 (1 MB L2 per
+# core, 2026-12-04): 2 MB; 2-core Intel Xeon with AMX (2 MB L2 per core, 2026-12-07):
+# 2 MB 297-311 ms, 4 MB 274-276, 6 MB 253-273, 8 MB 211-233, 12 MB 218-224, 16 MB 284.
+ATTENTION_CHUNK_BYTES = {"amx": 8 * 2**20, "other": 2 * 2**20}
 DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 
 
@@ -61,6 +68,17 @@ def native_bf16_dots(flags=None) -> bool:
   """Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX), so bf16 dots beat float32."""
   flags = cpu_flags() if flags is None else set(flags)
   return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def has_amx(flags=None) -> bool:
+  """Whether the CPU has AMX tiles (Intel Sapphire Rapids and later)."""
+  flags = cpu_flags() if flags is None else set(flags)
+  return any(f in flags for f in AMX_FLAGS)
+
+
+def attention_chunk_bytes(flags=None) -> int:
+  """The float32 weight bytes per step of the chunked attention backward on this CPU."""
+  return ATTENTION_CHUNK_BYTES["amx" if has_amx(flags) else "other"]
 
 
 def resolve_dtype(name: str, backend: str | None = None, flags=None) -> str:

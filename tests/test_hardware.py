@@ -85,13 +85,19 @@ def test_import_sets_the_conv_setting_unless_the_user_chose():
   assert _xla_flags_after_import({hardware.XLA_DEFAULTS_ENV: "0"}) == "|ynn"
 
 
+@pytest.mark.parametrize("flags,chunk", [(AVX2, 2 * 2**20), (AVX512_BF16, 2 * 2**20),
+                                         (AMX, 8 * 2**20), (set(), 2 * 2**20)])
+def test_attention_chunk_is_chosen_by_cpu_class(flags, chunk):
+  assert hardware.attention_chunk_bytes(flags) == chunk
+
+
 @pytest.mark.parametrize("dtype,library,kernel,strides,pixels,upsample,expected", [
-    (jnp.float32, "eigen", (3, 3), (1, 1), 784, False, "xla"),
-    (jnp.float32, "eigen", (3, 3), (2, 2), 196, False, "xla"),
-    (jnp.float32, "eigen", (1, 1), (1, 1), 256, False, "xla"),
+    (jnp.float32, "eigen", (3, 3), (1, 1), 784, False, "cpu_conv"),
+    (jnp.float32, "eigen", (3, 3), (2, 2), 196, False, "cpu_conv"),
+    (jnp.float32, "eigen", (1, 1), (1, 1), 256, False, "cpu_conv"),
     (jnp.float32, "eigen", (1, 1), (2, 2), 196, False, "im2col"),
     (jnp.float32, "eigen", (3, 3), (1, 1), 4, False, "im2col"),
-    (jnp.float32, "eigen", (3, 3), (1, 1), 16, False, "xla"),
+    (jnp.float32, "eigen", (3, 3), (1, 1), 16, False, "cpu_conv"),
     (jnp.float32, "ynn", (3, 3), (1, 1), 784, False, "xla"),
     (jnp.float32, "ynn", (3, 3), (2, 2), 196, False, "im2col"),
     (jnp.float32, "ynn", (1, 1), (1, 1), 256, False, "im2col"),

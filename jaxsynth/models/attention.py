@@ -8,7 +8,8 @@ reads them back through transposes: 433 ms per block's forward + backward at bat
 2-core AVX512-BF16 machine (2026-12-04), 14x its forward. In the backward here each `lax.map`
 step holds the weights of a few heads only (a few MB, reused from step to step), and P and its
 transpose are recomputed from q and k (two K = head_dim matmuls, cheaper than a transpose of
-P): 205-237 ms for the same block. Without differentiation the forward is the plain form
+P): 205-237 ms for the same block. The chunk size is the CPU class's (`hardware`): on a 2-core
+Intel Xeon with AMX (2026-12-07) 8 MB chunks took 211-233 ms per block where 2 MB took 297-311. Without differentiation the forward is the plain form
 (chunking it was 1.5x slower there: 12.6 vs 8.4 ms at batch 16).
 """
 
@@ -19,8 +20,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-# Heads per lax.map step: chunk * Lq * Lk float32 weights stay near this many bytes.
-CHUNK_BYTES = 2 * 2**20
+from jaxsynth import hardware
+
+# Heads per lax.map step: chunk * Lq * Lk float32 weights stay near this many bytes; None =
+# `hardware.attention_chunk_bytes()`, the size measured fastest on this CPU class.
+CHUNK_BYTES = None
 
 
 def _dot(a, b, contract_a: int, contract_b: int):
@@ -31,7 +35,8 @@ def _dot(a, b, contract_a: int, contract_b: int):
 
 def _chunk(n: int, lq: int, lk: int) -> int:
   """The largest divisor of n whose chunk of float32 (lq, lk) weights fits CHUNK_BYTES."""
-  target = max(1, CHUNK_BYTES // (4 * lq * lk))
+  budget = hardware.attention_chunk_bytes() if CHUNK_BYTES is None else CHUNK_BYTES
+  target = max(1, budget // (4 * lq * lk))
   return max(c for c in range(1, min(n, target) + 1) if n % c == 0)
 
 

@@ -156,6 +156,90 @@ def _lax_conv(x, kernel, strides, padding):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def own_buffer(x: jax.Array, anchor: jax.Array) -> jax.Array:
+  """x, computed into a buffer of its own that later ops read rather than recompute.
+
+  XLA:CPU drops `optimization_barrier`, and it fuses an activation's elementwise producers
+  (BatchNorm, ReLU, residual adds: up to 15 operands) into every consumer, the transposing
+  copies of a conv's weight gradient included, where that loop runs 5-30x slower than a plain
+  transpose. A conditional is a fusion boundary: both branches return x, and the predicate is
+  read from `anchor` (pass a small replicated array such as the kernel, so that sharded x
+  needs no communication). Values and gradients are x's.
+  """
+  probe = anchor.reshape(-1)[0]
+  return jax.lax.cond(probe == probe, lambda v: v, lambda v: -(-v), x)
+
+
+def _parity_taps(size: int, stride: int, pad_lo: int, parity: int) -> tuple[list, list]:
+  """Along one axis of a strided conv: the kernel taps that reach input positions
+  `stride * m + parity`, and for each the offset d with output index m + d."""
+  taps = [i for i in range(size) if (parity + pad_lo - i) % stride == 0]
+  return taps, [(parity + pad_lo - i) // stride for i in taps]
+
+
+def strided_input_gradient(g: jax.Array, kernel: jax.Array, in_hw: Sequence[int],
+                           strides: Sequence[int], padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """The input gradient of a strided NHWC x HWIO conv as stride-1 convs of the cotangent `g`,
+  one per input pixel parity (s_h * s_w of them), interleaved.
+
+  XLA expresses it as an input-dilated conv, which XLA:CPU runs in a naive loop (batch 128,
+  28x28, 64 -> 128, stride 2: 110-175 ms); input rows y = s*m + r receive only the taps
+  i = r + pad - s*d, a stride-1 conv of g with that sub-kernel (exactly the dilated conv's
+  multiply-adds without its zeros).
+  """
+  (sh, sw), batch = strides, g.shape[0]
+  cin = kernel.shape[2]
+  rows_out = -(-in_hw[0] // sh), -(-in_hw[1] // sw)
+  rows = []
+  for rh in range(sh):
+    cols = []
+    for rw in range(sw):
+      parts, pads, lengths = [], [], []
+      for axis, (r, s) in enumerate(((rh, sh), (rw, sw))):
+        taps, offsets = _parity_taps(kernel.shape[axis], s, padding[axis][0], r)
+        length = len(range(r, in_hw[axis], s))
+        parts.append(taps[::-1])
+        lengths.append(length)
+        if taps:
+          lo = -min(offsets)
+          pads.append((lo, length + len(taps) - 1 - (g.shape[1 + axis] + lo), 0))
+      if parts[0] and parts[1] and lengths[0] and lengths[1]:
+        sub = kernel[jnp.asarray(parts[0])][:, jnp.asarray(parts[1])].transpose(0, 1, 3, 2)
+        padded = jax.lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), pads[0], pads[1], (0, 0, 0)))
+        out = _lax_conv(padded, sub, (1, 1), ((0, 0), (0, 0)))
+      else:
+        out = jnp.zeros((batch, lengths[0], lengths[1], cin), g.dtype)
+      cols.append(jnp.pad(out, ((0, 0), (0, rows_out[0] - lengths[0]),
+                                (0, rows_out[1] - lengths[1]), (0, 0))))
+    rows.append(jnp.stack(cols, axis=3))                  # (B, M_h, M_w, s_w, C_in)
+  dx = jnp.stack(rows, axis=2).reshape(batch, rows_out[0] * sh, rows_out[1] * sw, cin)
+  return dx[:, :in_hw[0], :in_hw[1]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def cpu_conv(x: jax.Array, kernel: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+  """XLA's conv (`_lax_conv`) with a backward written for XLA:CPU's Eigen kernels: the input
+  kept in a buffer of its own (`own_buffer`) for the weight gradient, and the input gradient
+  of a strided conv by `strided_input_gradient`. Values and gradients equal lax.conv's."""
+  return _lax_conv(x, kernel, strides, padding)
+
+
+def _cpu_conv_fwd(x, kernel, strides, padding):
+  x = own_buffer(x, kernel)
+  return _lax_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _cpu_conv_bwd(strides, padding, residuals, g):
+  x, kernel = residuals
+  if tuple(strides) == (1, 1):
+    return jax.vjp(lambda x, k: _lax_conv(x, k, strides, padding), x, kernel)[1](g)
+  dk = jax.vjp(lambda k: _lax_conv(x, k, strides, padding), kernel)[1](g)[0]
+  return strided_input_gradient(g, kernel, x.shape[1:3], strides, padding), dk
+
+
+cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
+
+
 def upsample_nearest(x: jax.Array) -> jax.Array:
   """2x nearest-neighbour upsampling of an NHWC map."""
   b, h, w, c = x.shape
@@ -195,18 +279,22 @@ def accumulates_in_float32(dtype, impl: str = "auto") -> bool:
 def conv_formulation(dtype, impl: str, kernel_size: Sequence[int], strides: Sequence[int],
                      out_pixels: int, upsample_3x3: bool = False, backend: str | None = None,
                      library: str | None = None) -> str:
-  """The formulation `Conv` uses: `xla` (lax.conv), `im2col`, `row` (row_conv) or `parity`
-  (upsample_conv), for the backend, dtype, XLA:CPU's conv library and the shape. The one place
-  this is decided; measured on the 2-core AMD EPYC (AVX512-BF16), 2026-11 and 2026-12:
+  """The formulation `Conv` uses: `xla` (lax.conv), `cpu_conv` (lax.conv with the backward of
+  `cpu_conv`), `im2col`, `row` (row_conv) or `parity` (upsample_conv), for the backend, dtype,
+  XLA:CPU's conv library and the shape. The one place this is decided; measured on the 2-core
+  AMD EPYC (AVX512-BF16), 2026-11 and 2026-12, and the 2-core Intel Xeon with AMX, 2026-12:
 
   - `impl` xla / im2col: as asked. Not CPU: xla.
   - CPU, the 3x3 conv of a 2x-upsampled map: `parity` in every dtype (float32, batch 16,
     16x16x128: 25 -> 14 ms forward, 54 -> 44 ms VJP).
   - CPU, 2-byte floats: dots with float32 accumulation (bf16 dots run at 250-380 GFLOP/s, XLA's
     bf16 conv at 90-190): `row` for stride-1 k x k convs, `im2col` for strided and 1x1 ones.
-  - CPU, float32, Eigen convs (`hardware.xla_conv_library()`, jaxsynth's default): xla, except
-    maps of at most 4 output pixels (Eigen: 2-14 GFLOP/s on 2x2 and 1x1 maps, im2col 90-140)
-    and strided 1x1 convs (their VJP 34 vs 21 ms at 28x28x64 -> 128, batch 128) -> im2col.
+  - CPU, float32, Eigen convs (`hardware.xla_conv_library()`, jaxsynth's default): cpu_conv
+    (Intel AMX machine, ResNet-18 train step at batch 128: 61 -> 75 images/s; Eigen's float32
+    conv runs there at 240-310 GFLOP/s forward, above float32 dots of the same shape through
+    im2col or row_conv, 50-180), except maps of at most 4 output pixels (Eigen: 2-14 GFLOP/s
+    on 2x2 and 1x1 maps, im2col 90-140) and strided 1x1 convs (their VJP 34 vs 21 ms at
+    28x28x64 -> 128, batch 128) -> im2col.
   - CPU, float32, YNNPACK convs (XLA's default set): im2col for 1x1 kernels, maps of at most
     16 output pixels and strided k x k convs (YNNPACK's weight gradients are slow there), else xla.
   """
@@ -223,7 +311,7 @@ def conv_formulation(dtype, impl: str, kernel_size: Sequence[int], strides: Sequ
     return "row" if not strided and kernel_pixels > 1 else "im2col"
   if (library or hardware.xla_conv_library()) == "eigen":
     tiny = out_pixels <= EIGEN_IM2COL_MAX_OUTPUT_PIXELS
-    return "im2col" if tiny or (strided and kernel_pixels == 1) else "xla"
+    return "im2col" if tiny or (strided and kernel_pixels == 1) else "cpu_conv"
   if kernel_pixels == 1 or out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or strided:
     return "im2col"
   return "xla"
@@ -273,6 +361,8 @@ class Conv(nn.Module):
       y = upsample_conv(x, kernel, None)
     elif formulation == "im2col":
       y = im2col_conv(x, kernel, strides, padding)
+    elif formulation == "cpu_conv":
+      y = cpu_conv(x, kernel, strides, padding)
     else:
       y = _lax_conv(x, kernel, strides, padding)
     if self.use_bias:
