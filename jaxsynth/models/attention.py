@@ -9,8 +9,9 @@ reads them back through transposes: 433 ms per block's forward + backward at bat
 step holds the weights of a few heads only (a few MB, reused from step to step), and P and its
 transpose are recomputed from q and k (two K = head_dim matmuls, cheaper than a transpose of
 P): 205-237 ms for the same block. The chunk size is the CPU class's (`hardware`): on a 2-core
-Intel Xeon with AMX (2026-12-07) 8 MB chunks took 211-233 ms per block where 2 MB took 297-311. Without differentiation the forward is the plain form
-(chunking it was 1.5x slower there: 12.6 vs 8.4 ms at batch 16).
+Intel Xeon with AMX (2026-12-07) 8 MB chunks took 211-233 ms per block where 2 MB took
+297-311. Without differentiation the forward is the plain form (chunking it was 1.5x slower
+there: 12.6 vs 8.4 ms at batch 16).
 """
 
 from __future__ import annotations

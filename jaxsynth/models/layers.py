@@ -1,6 +1,10 @@
 """Shared layers. `Conv` picks the fastest convolution formulation for the backend, dtype, CPU
 and shape, all in `conv_formulation`.
 
+In float32 on CPU a conv is XLA's (Eigen) with jaxsynth's backward, `cpu_conv`: XLA:CPU would
+fuse BatchNorm/ReLU/residual chains into the weight gradient's transposing copies and run a
+strided conv's input gradient as a naive input-dilated loop.
+
 XLA's CPU convolution is pathologically slow on tiny feature maps (a 3x3 conv on a 2x2 map
 with 512 channels runs at 1-2 GFLOP/s, 60x below a matmul), and with YNNPACK's kernels (XLA's
 default; jaxsynth switches them off for convolutions, see `jaxsynth/hardware.py`) also in the
