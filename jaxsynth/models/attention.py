@@ -35,7 +35,8 @@ def _dot(a, b, contract_a: int, contract_b: int):
 
 
 def _chunk(n: int, lq: int, lk: int) -> int:
-  """The largest divisor of n whose chunk of float32 (lq, lk) weights fits CHUNK_BYTES."""
+  """The largest divisor of n whose chunk of float32 (lq, lk) weights fits the chunk budget
+  (CHUNK_BYTES, or this CPU class's `hardware.attention_chunk_bytes()`)."""
   budget = hardware.attention_chunk_bytes() if CHUNK_BYTES is None else CHUNK_BYTES
   target = max(1, budget // (4 * lq * lk))
   return max(c for c in range(1, min(n, target) + 1) if n % c == 0)
