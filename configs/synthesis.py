@@ -14,6 +14,8 @@ Variants: `augment` (ResNet-18 on the long-tailed digits, a 16 px UNet generator
   recipe.baseline_workdir     a finished train_classifier run to use as the baseline
   recipe.report_features      the feature space of report.md's per-class FID/KID: "" = the
                               baseline classifier's features, inception:WEIGHTS, pixels, none
+  generator.seed              the generator's training seed; -1 = seed. Pin it (e.g. 0) to
+                              share one generator (recipe.generator_workdir) across seeds
   generator.model / .train / .diffusion / .sample   the generator and its sweep
                               (generator.sample.budget=balance fills every class up to the
                               largest; budget=counts with class_counts adds N per class)
@@ -125,6 +127,7 @@ def get_config(variant: str | None = None):
   config.generator = ml_collections.ConfigDict()
   for key in ("model", "train", "diffusion", "sample"):
     config.generator[key] = gen[key]
+  config.generator.seed = -1           # the generator's training seed; -1 = config.seed
   config.generator.train.steps = 3000
   config.generator.sample.budget = "balance"
   config.generator.sample.num_steps = 50

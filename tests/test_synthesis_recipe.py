@@ -62,6 +62,27 @@ def test_reused_generator_and_baseline_are_never_written(augment_run, tmp_path):
   assert table(str(tmp_path / "reuse"))[1:] == table(augment_run)[1:]
 
 
+def test_pinned_generator_seed_serves_other_seeds_and_sweeps(augment_run):
+  """generator.seed pins the generator's identity; sample.* keys and the recipe's seed do not
+  enter it, and the sweep draws with the recipe's seed (bench/synthesis_recipes.py relies on
+  this to share one generator per data set)."""
+  from jaxsynth.recipes import synthesis as synthesis_recipe
+  from jaxsynth.recipes.pipeline import GENERATOR_FREE_KEYS, check_reused_run
+  generator = os.path.join(augment_run, "generator")
+  config = synthesis.get_config("augment_tiny")
+  config.seed, config.generator.seed = 7, 0   # augment_run trained its generator with seed 0
+  config.generator.sample.num_steps = 3
+  config.generator.sample.cfg_scale = 0.0
+  gen = synthesis_recipe.generator_config(config)
+  assert gen.seed == 0
+  check_reused_run(generator, gen, "recipe.generator_workdir", GENERATOR_FREE_KEYS)
+  assert synthesis_recipe.sample_config(config, generator).seed == 7
+  config.generator.seed = -1                  # unpinned: the recipe's seed 7, another generator
+  with pytest.raises(ConfigError, match="seed: 0 -> 7"):
+    check_reused_run(generator, synthesis_recipe.generator_config(config),
+                     "recipe.generator_workdir", GENERATOR_FREE_KEYS)
+
+
 def test_reused_generator_of_other_data_is_refused(augment_run, tmp_path):
   config = synthesis.get_config("augment_tiny")
   config.data.imbalance_ratio = 5.0

@@ -38,7 +38,7 @@ import numpy as np
 from jaxsynth import config as config_lib
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError, DataError, JaxsynthError
-from jaxsynth.recipes.pipeline import Pipeline, Stage, check_reused_run
+from jaxsynth.recipes.pipeline import GENERATOR_FREE_KEYS, Pipeline, Stage, check_reused_run
 from jaxsynth.synthesis.filters import filter_config
 from jaxsynth.synthesis.sweep import largest_remainder
 from jaxsynth.training import workdir as workdir_lib
@@ -124,7 +124,7 @@ def check_generator(config, directory: str, stage_config, num_classes: int) -> N
                       f"with {theirs} classes ({data.source} {data.path}) but the classifier "
                       f"data has {num_classes} ({config.data.source} {config.data.path}): give a "
                       "generator trained on this data, or leave the key empty to train one here")
-  check_reused_run(directory, stage_config, key)
+  check_reused_run(directory, stage_config, key, GENERATOR_FREE_KEYS)
 
 
 def pretrain_config(config, synthetic_dir: str):

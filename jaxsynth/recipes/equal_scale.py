@@ -33,7 +33,7 @@ from jaxsynth.data import base
 from jaxsynth.data.pipeline import stream_rng
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError, DataError
-from jaxsynth.recipes.pipeline import Pipeline, Stage
+from jaxsynth.recipes.pipeline import GENERATOR_FREE_KEYS, Pipeline, Stage
 from jaxsynth.synthesis.sweep import largest_remainder
 from jaxsynth.training import workdir as workdir_lib
 
@@ -168,7 +168,8 @@ def pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   generator.diffusion.condition = condition
   stages = [
       Stage("generator", generator, tasks["train_diffusion"],
-            reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
+            reuse=r.generator_workdir, reuse_key="recipe.generator_workdir",
+            free_keys=GENERATOR_FREE_KEYS),
       Stage("sample", None, tasks["sample"]),
       Stage("baseline", classifier_config(config), tasks["train_classifier"],
             reuse=r.baseline_workdir, reuse_key="recipe.baseline_workdir"),

@@ -58,7 +58,7 @@ from jaxsynth.models.denoisers import DTYPES
 from jaxsynth.recipes import classifier as classifier_lib
 from jaxsynth.recipes import online
 from jaxsynth.recipes.losses import make_loss, num_outputs, probabilities
-from jaxsynth.recipes.pipeline import Pipeline, Stage
+from jaxsynth.recipes.pipeline import GENERATOR_FREE_KEYS, Pipeline, Stage
 from jaxsynth.recipes.samplers import make_index_order
 from jaxsynth.synthesis import generator as generator_lib
 from jaxsynth.synthesis import sweep
@@ -201,7 +201,8 @@ def _generator_and_baseline(config, tasks: dict):
   classifier_config = epochs_matched(synthesis.classifier_config)
   return classifier_config, [
       Stage("generator", synthesis.generator_config(config), tasks["train_diffusion"],
-            reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
+            reuse=r.generator_workdir, reuse_key="recipe.generator_workdir",
+            free_keys=GENERATOR_FREE_KEYS),
       Stage("baseline", classifier_config(config), tasks["train_classifier"],
             reuse=r.baseline_workdir, reuse_key="recipe.baseline_workdir"),
   ]

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 FREE_KEYS = ("train.log_every", "train.keep_checkpoints", "data.threads", "data.prefetch",
              "mesh.data", "task")
 
+#: A reused generator may also differ in its `sample.*` keys: they set how a sweep draws from
+#: it, not the trained weights, so one generator serves recipes that sample it differently.
+GENERATOR_FREE_KEYS = FREE_KEYS + ("sample",)
+
 RunFn = Callable[..., dict]   # (config, directory, stop=None) -> metrics
 
 
@@ -75,6 +79,7 @@ class Stage:
   directory: str = ""                    # default WORKDIR/<name>
   complete: Callable[[], bool] | None = None  # default: a finished run of `config` in directory
   reuse_key: str = ""                    # the config key that named `reuse` (for messages)
+  free_keys: tuple = FREE_KEYS           # keys a reused run may differ in (check_reused_run)
 
 
 def finished(directory: str, config) -> bool:
@@ -152,7 +157,7 @@ class Pipeline:
       if stage.check_reuse is not None:
         stage.check_reuse(stage.reuse)
       else:
-        check_reused_run(stage.reuse, stage.config, stage.reuse_key)
+        check_reused_run(stage.reuse, stage.config, stage.reuse_key, stage.free_keys)
 
   def is_complete(self, stage: Stage) -> bool:
     """True when `stage` need not run: reused, or its output is complete."""

@@ -23,7 +23,7 @@ from jaxsynth import files
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError
 from jaxsynth.recipes import diffupt, equal_scale, iois, recipe_report
-from jaxsynth.recipes.pipeline import Pipeline, Stage
+from jaxsynth.recipes.pipeline import GENERATOR_FREE_KEYS, Pipeline, Stage
 from jaxsynth.training import workdir as workdir_lib
 
 #: Metrics of the report's table, when the split has them.
@@ -42,22 +42,30 @@ def classifier_config(config, synthetic_paths=()):
   return out
 
 
+def generator_seed(config) -> int:
+  """The generator's training seed: generator.seed, or the recipe's seed when it is -1."""
+  seed = int(config.generator.get("seed", -1))
+  return int(config.seed) if seed < 0 else seed
+
+
 def generator_config(config):
-  """The train_diffusion config: the recipe's real data and seed, generator.* keys."""
+  """The train_diffusion config: the recipe's real data, generator.seed, generator.* keys."""
   from configs import diffusion  # pylint: disable=import-outside-toplevel  (config files)
   out = diffusion.get_config("unet")
   for key in ("model", "train", "diffusion", "sample"):
     out[key] = config.generator[key]
-  out.seed, out.mesh, out.data = config.seed, config.mesh, config.data
+  out.seed, out.mesh, out.data = generator_seed(config), config.mesh, config.data
   out = out.copy_and_resolve_references()
   out.data.synthetic.paths = ()
   return out
 
 
 def sample_config(config, generator_dir: str):
-  """The sample config: the generator's config with task=sample from `generator_dir`."""
+  """The sample config: the generator's config with task=sample from `generator_dir`, drawn
+  with the recipe's seed (so every classifier seed gets its own synthetic set)."""
   out = generator_config(config)
   out.task = "sample"
+  out.seed = int(config.seed)
   out.sample.run_dir = os.path.abspath(generator_dir)
   return out
 
@@ -82,7 +90,8 @@ def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   r = config.recipe
   stages = [
       Stage("generator", generator_config(config), tasks["train_diffusion"],
-            reuse=r.generator_workdir, reuse_key="recipe.generator_workdir"),
+            reuse=r.generator_workdir, reuse_key="recipe.generator_workdir",
+            free_keys=GENERATOR_FREE_KEYS),
       Stage("sample", None, tasks["sample"]),
       Stage("baseline", classifier_config(config), tasks["train_classifier"],
             reuse=r.baseline_workdir, reuse_key="recipe.baseline_workdir"),
