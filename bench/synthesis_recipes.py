@@ -97,7 +97,10 @@ DECOUPLED = ("crt", "lws", "tau_norm", "multistage_sampler")
 # The shared generator: a small class-conditional UNet sized for two CPU cores.
 GENERATOR_MODEL = ("--config.model.unet.channels=(32,64,64)", "--config.model.unet.res_blocks=1",
                    "--config.model.unet.head_dim=32", "--config.model.unet.norm_groups=8")
-DIT_MODEL = ("--config.model.name=dit", "--config.model.dit.variant=DiT-S/4")
+#: A DiT of about the UNet's cost per image: patch 4 (49 tokens at 28 px), 6 blocks of width 256.
+DIT_MODEL = ("--config.model.name=dit", "--config.model.dit.variant=DiT-S/4",
+             "--config.model.dit.depth=6", "--config.model.dit.hidden_size=256",
+             "--config.model.dit.num_heads=4")
 GENERATOR_TRAIN = ("--config.train.batch_size=64", "--config.train.learning_rate=0.0003",
                    "--config.train.eval_every=500", "--config.train.checkpoint_every=500",
                    "--config.train.sample_every=1000", "--config.train.log_every=50")
@@ -671,14 +674,19 @@ def render(args, cells: dict) -> str:
             if cell.get("kind") == "generator"]
     if gens:
       lines += ["Generators (each trained once, shared by every recipe and seed of this set):",
-                "", "| generator | steps | train time | final train / val loss | command |",
-                "|---|---|---|---|---|"]
+                "", "| generator | steps | train time | final train / val loss | sampling "
+                "images/s (its sweeps: mean, n) | command |", "|---|---|---|---|---|---|"]
       for row, cell in gens:
         g = cell["generator"]
         t = f"{g['train_s'] / 60:.0f} min" if g.get("train_s") else "—"
         loss = "/".join(f"{x:.4f}" if x is not None else "—"
                         for x in (g.get("train_loss"), g.get("val_loss")))
-        lines.append(f"| {row} | {g.get('steps')} | {t} | {loss} | `{cell['command']}` |")
+        rates = [c["sampling"]["images_per_s"] for (_, r, _), c in here.items()
+                 if ROWS.get(r) and ROWS[r].generator == row
+                 and (c.get("sampling") or {}).get("images_per_s")]
+        rate = f"{np.mean(rates):.1f} ({len(rates)})" if rates else "—"
+        lines.append(f"| {row} | {g.get('steps')} | {t} | {loss} | {rate} | "
+                     f"`{cell['command']}` |")
       lines.append("")
     rows = [r for r in args.rows if ROWS[r].kind != "generator"
             and any(k[1] == r and not c.get("error") for k, c in here.items())]

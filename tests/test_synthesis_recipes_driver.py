@@ -143,7 +143,7 @@ def test_document_is_regenerated_from_the_cells_alone(tmp_path):
   assert "hand-written notes" in doc
   assert "| ce | 0.605 ± 0.007 |" in doc
   assert "| augment | 0.650 ± 0.000 |" in doc
-  assert "| generator_unet | 3000 | 20 min | 0.0300/0.0400 |" in doc
+  assert "| generator_unet | 3000 | 20 min | 0.0300/0.0400 | — |" in doc
   assert "- augment_filter seed 0: the filter kept none of the samples" in doc
   assert "| augment | +0.045 ± 0.007 ** |" in doc   # paired macro-F1 against ce, beyond noise
   assert "acc rare" in doc and "acc mid" in doc      # the two rarest classes by train count
