@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -97,3 +98,17 @@ def test_evaluate_task_reproduces_training_metrics(uninterrupted, tmp_path):
   assert evaluated["test"] == results["test"]
   stored = np.load(os.path.join(tmp_path, "predictions.npz"))
   assert set(stored.files) == {"val_labels", "val_probs", "test_labels", "test_probs"}
+
+
+def test_ema_warms_up_so_a_short_run_forgets_its_init():
+  """EMA decay min(decay, (1 + t) / (10 + t)): after 1,000 steps toward fixed weights the
+  average holds none of the init (a fixed 0.999 would keep 0.999^1000 = 37% of it)."""
+  from jaxsynth.training import train_state
+  assert float(train_state.ema_decay_at(0.999, 0)) == pytest.approx(0.1)
+  assert float(train_state.ema_decay_at(0.999, 20_000)) == pytest.approx(0.999)
+  ema, target = {"w": jnp.zeros((3,))}, {"w": jnp.ones((3,))}
+  step = jax.jit(lambda e, t: train_state.ema_update(e, target, 0.999, t))
+  for t in range(1000):
+    ema = step(ema, t)
+  assert float(jnp.min(ema["w"])) > 0.999
+  assert train_state.ema_update(ema, target, 0.0, 5) is target   # decay 0 copies the params

@@ -133,7 +133,8 @@ def make_train_step(model: nn.Module, tx, loss_fn, schedule, ema_decay: float, m
     grad_norm = optax.tree.norm(grads)
     new_state = state.replace(
         step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
-        ema_params=select(train_state.ema_update(state.ema_params, params, ema_decay),
+        ema_params=select(train_state.ema_update(state.ema_params, params, ema_decay,
+                                                   state.step),
                           state.ema_params))
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                "accuracy": jnp.mean(jnp.argmax(scores(logits), -1) == batch["label"]),

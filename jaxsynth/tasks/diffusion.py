@@ -137,7 +137,7 @@ def make_train_step(model: nn.Module, tx, schedule: Schedule, options: dict, lr_
     grad_norm = optax.tree.norm(grads)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
-        ema_params=train_state.ema_update(state.ema_params, params, ema_decay))
+        ema_params=train_state.ema_update(state.ema_params, params, ema_decay, state.step))
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_schedule(state.step),
                "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
     return new_state, metrics

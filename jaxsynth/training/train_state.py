@@ -30,11 +30,24 @@ def create(params, model_state, tx: optax.GradientTransformation, rng: jax.Array
                     rng=rng)
 
 
-def ema_update(ema, params, decay: float):
-  """EMA of parameters: ema <- decay * ema + (1 - decay) * params (decay 0 copies params)."""
+def ema_decay_at(decay: float, step):
+  """The EMA decay of update `step` (0-based): min(decay, (1 + step) / (10 + step)).
+
+  The warm-up of TF's ExponentialMovingAverage(num_updates) and diffusers' EMAModel: without
+  it the average starts at the initial weights and keeps decay^t of them after t steps (37% at
+  decay 0.999 after 1,000 steps), so a short run's EMA model is a blend with its random init.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema, params, decay: float, step):
+  """EMA of parameters: ema <- d * ema + (1 - d) * params with d = ema_decay_at(decay, step)
+  (decay 0 copies params)."""
   if decay == 0.0:
     return params
-  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+  d = ema_decay_at(decay, step)
+  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
 
 
 def _init_fn(model, tx, shape, extra_inputs, split=False):
