@@ -150,3 +150,11 @@ def test_document_is_regenerated_from_the_cells_alone(tmp_path):
   assert "## retinamnist\n\nNo finished cells yet." in doc
   assert os.path.isfile(os.path.join(args.figures, "breastmnist_accuracy_change.png"))
   assert "python -m jaxsynth.main augment 1" in doc
+
+
+def test_a_refused_run_is_read_from_its_one_line_error(tmp_path):
+  log_path = tmp_path / "seed0.log"
+  log_path.write_text("I1207 info line\njaxsynth: augment: running stage sample\n"
+                      "jaxsynth: error: the filter kept none of the samples: loosen it\n")
+  assert driver.run_error(str(log_path)) == "the filter kept none of the samples: loosen it"
+  assert driver.run_error(str(tmp_path / "absent.log")) == ""
