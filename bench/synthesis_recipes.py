@@ -70,6 +70,7 @@ class DataSet:
   iois_budget: int           # IOIS K, synthetic images per epoch
   pretrain_size: int = 1000  # DiffuPT's synthetic pretraining set
   fill_to: int = 0           # augment: top every class up to this (0 = the largest class)
+  group_target: int = 0      # equal_scale: N_target per group (0 = the largest group)
   file: str = ""             # ../shared/data/<file>.npz; "" = the set's name
 
 
@@ -77,7 +78,8 @@ SETS = {
     "breastmnist": DataSet(28, 50, 3000, 7, 32),
     "retinamnist": DataSet(28, 50, 3000, 7, 64),
     "pneumoniamnist": DataSet(28, 15, 3000, 7, 64),
-    "chula_rbc11": DataSet(32, 8, 3000, 8, 128, fill_to=1000),
+    # 412 train smear images of 2-139 cells (mean 36): equal_scale brings each to 36 cells
+    "chula_rbc11": DataSet(32, 8, 3000, 8, 128, fill_to=1000, group_target=36),
     "ham10000": DataSet(32, 10, 3000, 8, 128, file="ham10000_64"),
 }
 
@@ -253,6 +255,8 @@ def build_command(args, dataset: str, row: str, seed: int) -> list[str]:
             f"--config.generator.sample.per_class={spec.fill_to}"]
     if any("filter.name" in x for x in r.extra):
       cmd.append(f"--config.generator.sample.filter.classifier={ce}")
+  if r.variant == "equal_scale":
+    cmd.append(f"--config.recipe.target={spec.group_target}")
   if r.variant == "diffupt":
     cmd += [f"--config.recipe.pretrain_size={spec.pretrain_size}",
             "--config.recipe.cfg_scale=2.0"]
