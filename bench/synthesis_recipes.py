@@ -46,14 +46,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import machine  # noqa: E402  (after the path)
-from bench.classic_recipes import dataset_info  # noqa: E402
+from bench.classic_recipes import (  # noqa: E402  (one implementation, shared with it)
+    BINARY_METRICS, COMMON_METRICS, DECOUPLED, cell as fmt_mean_std, dataset_info, fmt_num,
+    mean_std, nan_to_none, write_atomic)
 
 CELLS = os.path.join("docs", "results", "synthesis_recipes", "cells")
 DOC = os.path.join("docs", "results", "synthesis_recipes.md")
 NOTES = os.path.join("docs", "results", "synthesis_recipes_notes.md")
 FIGURES = os.path.join("docs", "results", "synthesis_recipes")
-COMMON_METRICS = ("macro_f1", "balanced_accuracy", "mcc", "auc", "accuracy")
-BINARY_METRICS = ("sensitivity", "specificity", "harmonic_mean")
 #: The exit status of a run that refused its input with a one-line error (jaxsynth.main).
 USER_ERROR_RC = 2
 #: The metrics of the paired comparisons (besides the two rarest classes' accuracy).
@@ -94,7 +94,6 @@ BEST_CLASSIC = {
     "chula_rbc11": "crt",                   # rarest two 0.418 / 0.682
     "ham10000": "crt",
 }
-DECOUPLED = ("crt", "lws", "tau_norm", "multistage_sampler")
 
 # The shared generator: a small class-conditional UNet sized for two CPU cores.
 GENERATOR_MODEL = ("--config.model.unet.channels=(32,64,64)", "--config.model.unet.res_blocks=1",
@@ -162,10 +161,6 @@ ROWS = {
 
 def log(msg: str) -> None:
   print(f"[synthesis_recipes] {msg}", file=sys.stderr, flush=True)
-
-
-def fmt_num(x: float) -> str:
-  return repr(int(x)) if float(x).is_integer() else repr(float(x))
 
 
 def row_sets(name: str) -> tuple:
@@ -321,20 +316,8 @@ def work_units(args, cells) -> list[tuple[str, str, int]]:
 # --- one cell ------------------------------------------------------------------------------------
 
 def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to `path` through a temporary file and a rename (never a half-written file)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(json.dumps(nan_to_none(obj), indent=1, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-
-
-def nan_to_none(x):
-  if isinstance(x, dict):
-    return {k: nan_to_none(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [nan_to_none(v) for v in x]
-  return None if isinstance(x, float) and not math.isfinite(x) else x
+  """A cell's JSON (NaN as null, sorted keys), written atomically."""
+  write_atomic(path, json.dumps(nan_to_none(obj), indent=1, sort_keys=True) + "\n")
 
 
 def machine_record() -> dict:
@@ -408,10 +391,6 @@ def cell_result(args, dataset: str, row: str, seed: int) -> dict:
   return out
 
 
-def run_env() -> dict:
-  return dict(os.environ)
-
-
 def execute(args, cell, stop: threading.Event | None = None) -> dict:
   """Runs one cell's command (resuming its run); writes its JSON unless one exists."""
   dataset, row, seed = cell
@@ -423,7 +402,7 @@ def execute(args, cell, stop: threading.Event | None = None) -> dict:
   t0 = time.time()
   with open(log_path, "a", encoding="utf-8") as lf:
     proc = subprocess.Popen([sys.executable] + cmd[1:], cwd=ROOT, stdout=lf,
-                            stderr=subprocess.STDOUT, env=run_env())
+                            stderr=subprocess.STDOUT)
     rc = None
     while rc is None:
       try:
@@ -537,20 +516,6 @@ def load_cells(cells: str) -> dict:
   return out
 
 
-def mean_std(values) -> tuple[float, float]:
-  v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
-  if v.size == 0:
-    return float("nan"), float("nan")
-  return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else float("nan"))
-
-
-def fmt_mean_std(values, digits: int = 3) -> str:
-  m, s = mean_std(values)
-  if math.isnan(m):
-    return "—"
-  return f"{m:.{digits}f}" if math.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
 def rarest_classes(cells: dict, dataset: str) -> list[int]:
   """The two classes with the fewest train images, from the set's info in any cell."""
   for (d, _, _), cell in cells.items():
@@ -577,11 +542,16 @@ def paired(cells: dict, dataset: str, row: str, ref: str, metric: str) -> dict |
                  and (dataset, ref, s) in cells)
   a = [metric_value(cells[(dataset, row, s)], metric) for s in seeds]
   b = [metric_value(cells[(dataset, ref, s)], metric) for s in seeds]
-  pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+  return pair_stats(list(zip(a, b)))
+
+
+def pair_stats(pairs) -> dict | None:
+  """Mean and std of x - y over the (x, y) pairs with both values; beyond_noise when |mean|
+  exceeds the larger seed std of the two sides. None without a pair."""
+  pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
   if not pairs:
     return None
-  diffs = [x - y for x, y in pairs]
-  mean, std = mean_std(diffs)
+  mean, std = mean_std([x - y for x, y in pairs])
   noise = max(mean_std([x for x, _ in pairs])[1], mean_std([y for _, y in pairs])[1])
   beyond = len(pairs) >= 2 and not math.isnan(noise) and abs(mean) > noise
   return {"n": len(pairs), "mean": mean, "std": std, "noise": noise, "beyond_noise": beyond}
@@ -607,19 +577,10 @@ def fmt_acceptance(acceptance: dict) -> str:
 
 def own_baseline(cells: dict, dataset: str, row: str, metric: str) -> dict | None:
   """Like `paired`, against each cell's own in-pipeline baseline (baseline_metrics)."""
-  diffs = []
-  for (d, r, s), cell in cells.items():
-    if d == dataset and r == row and cell.get("baseline_metrics"):
-      a = metric_value(cell, metric)
-      b = metric_value({"metrics": cell["baseline_metrics"]}, metric)
-      if a is not None and b is not None:
-        diffs.append((a, b))
-  if not diffs:
-    return None
-  mean, std = mean_std([a - b for a, b in diffs])
-  noise = max(mean_std([a for a, _ in diffs])[1], mean_std([b for _, b in diffs])[1])
-  beyond = len(diffs) >= 2 and not math.isnan(noise) and abs(mean) > noise
-  return {"n": len(diffs), "mean": mean, "std": std, "noise": noise, "beyond_noise": beyond}
+  return pair_stats((metric_value(cell, metric),
+                     metric_value({"metrics": cell["baseline_metrics"]}, metric))
+                    for (d, r, _), cell in cells.items()
+                    if d == dataset and r == row and cell.get("baseline_metrics"))
 
 
 def class_names_of(cells: dict, dataset: str) -> list[str]:
@@ -821,9 +782,7 @@ def main(argv=None) -> None:
       return
     statuses = run_all(args, units, t0)
   cells = load_cells(args.cells)
-  with open(args.out + ".tmp", "w", encoding="utf-8") as f:
-    f.write(render(args, cells))
-  os.replace(args.out + ".tmp", args.out)
+  write_atomic(args.out, render(args, cells))
   if args.commit and not args.aggregate_only:
     figures = [os.path.join(args.figures, n) for n in os.listdir(args.figures)]
     commit([args.out] + figures, "synthesis_recipes: document regenerated from the cells")
