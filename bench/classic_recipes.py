@@ -217,6 +217,31 @@ def prune_checkpoints(workdir: str) -> None:
       dirs.remove("checkpoints")
 
 
+def run_process(cmd: list[str], log_path: str, env: dict | None = None,
+                stop: threading.Event | None = None, timeout: float = 0.0) -> int:
+  """Runs `python ARGS` (`cmd` with this interpreter) from the repository root, output appended
+  to `log_path`; returns its exit status. When `stop` is set or `timeout` seconds (0 = none)
+  pass, it gets SIGTERM (a jaxsynth run checkpoints and exits 3), then SIGKILL after 120 s; a
+  timeout returns 124."""
+  t0 = time.time()
+  with open(log_path, "a", encoding="utf-8") as lf:
+    proc = subprocess.Popen([sys.executable] + cmd[1:], cwd=ROOT, stdout=lf,
+                            stderr=subprocess.STDOUT, env=env)
+    while True:
+      try:
+        return proc.wait(timeout=1.0)
+      except subprocess.TimeoutExpired:
+        timed_out = bool(timeout) and time.time() - t0 > timeout
+        if timed_out or (stop is not None and stop.is_set()):
+          proc.send_signal(signal.SIGTERM)
+          try:
+            rc = proc.wait(timeout=120)
+          except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+          return 124 if timed_out else rc
+
+
 def execute(args, dataset, recipe, seed, stop: threading.Event | None = None) -> dict:
   """Runs one job unless its metrics.json exists; returns its status record.
 
@@ -232,23 +257,7 @@ def execute(args, dataset, recipe, seed, stop: threading.Event | None = None) ->
   write_json_atomic(paths["command"], record)
   log(f"run {dataset}/{recipe}/seed{seed}: {shlex.join(cmd)}")
   t0 = time.time()
-  with open(paths["log"], "a") as lf:
-    proc = subprocess.Popen([sys.executable] + cmd[1:], cwd=ROOT, stdout=lf,
-                            stderr=subprocess.STDOUT, env=run_env(args))
-    rc = None
-    while rc is None:
-      try:
-        rc = proc.wait(timeout=1.0)
-      except subprocess.TimeoutExpired:
-        timed_out = args.timeout and time.time() - t0 > args.timeout
-        if timed_out or (stop is not None and stop.is_set()):
-          proc.send_signal(signal.SIGTERM)
-          try:
-            rc = proc.wait(timeout=120)
-          except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-          rc = 124 if timed_out else rc
+  rc = run_process(cmd, paths["log"], run_env(args), stop, args.timeout)
   record.update(rc=rc, wall_s=round(time.time() - t0, 1))
   write_json_atomic(paths["command"], record)
   ok = rc == 0 and os.path.exists(os.path.join(paths["workdir"], "metrics.json"))

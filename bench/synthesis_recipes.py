@@ -34,7 +34,6 @@ import json
 import math
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -48,7 +47,7 @@ sys.path.insert(0, ROOT)
 from bench import machine  # noqa: E402  (after the path)
 from bench.classic_recipes import (  # noqa: E402  (one implementation, shared with it)
     BINARY_METRICS, COMMON_METRICS, DECOUPLED, cell as fmt_mean_std, dataset_info, fmt_num,
-    mean_std, nan_to_none, write_atomic)
+    mean_std, nan_to_none, run_process, write_atomic)
 
 CELLS = os.path.join("docs", "results", "synthesis_recipes", "cells")
 DOC = os.path.join("docs", "results", "synthesis_recipes.md")
@@ -400,21 +399,7 @@ def execute(args, cell, stop: threading.Event | None = None) -> dict:
   log_path = workdir + ".log"
   log(f"run {dataset}/{row}/seed{seed}: {shlex.join(cmd)}")
   t0 = time.time()
-  with open(log_path, "a", encoding="utf-8") as lf:
-    proc = subprocess.Popen([sys.executable] + cmd[1:], cwd=ROOT, stdout=lf,
-                            stderr=subprocess.STDOUT)
-    rc = None
-    while rc is None:
-      try:
-        rc = proc.wait(timeout=1.0)
-      except subprocess.TimeoutExpired:
-        if stop is not None and stop.is_set():
-          proc.send_signal(signal.SIGTERM)   # it checkpoints; a rerun resumes it
-          try:
-            rc = proc.wait(timeout=120)
-          except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
+  rc = run_process(cmd, log_path, stop=stop)   # stopped: it checkpoints; a rerun resumes it
   wall = round(time.time() - t0, 1)
   ok = rc == 0 and finished_run(args.runs, dataset, row, seed)
   log(f"  {dataset}/{row}/seed{seed} {'ok' if ok else f'FAILED rc={rc} (see {log_path})'} "
