@@ -35,7 +35,8 @@ def _zero_or(init, zero: bool):
 
 
 class ResBlock(nn.Module):
-  """ADM residual block with the conditioning embedding by scale-shift norm or addition."""
+  """ADM residual block with the conditioning embedding by scale-shift norm or addition
+  (`emb=None`: the plain block of the VQGAN/LDM autoencoders)."""
   features: int
   norm_groups: int = 32
   dropout: float = 0.0
@@ -51,12 +52,15 @@ class ResBlock(nn.Module):
     conv = functools.partial(Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype,
                              impl=self.conv_impl)
     h = conv(self.features, name="conv1")(nn.silu(norm(name="norm1")(x)))
-    emb_features = 2 * self.features if self.scale_shift_norm else self.features
-    e = nn.Dense(emb_features, dtype=self.dtype, name="emb_proj")(nn.silu(emb))[:, None, None, :]
-    if self.scale_shift_norm:
+    if emb is None:  # unconditional (the autoencoders' blocks): no emb_proj
+      h = norm(name="norm2")(h)
+    elif self.scale_shift_norm:
+      e = nn.Dense(2 * self.features, dtype=self.dtype,
+                   name="emb_proj")(nn.silu(emb))[:, None, None, :]
       scale, shift = jnp.split(e, 2, axis=-1)
       h = norm(name="norm2")(h) * (1 + scale) + shift
     else:
+      e = nn.Dense(self.features, dtype=self.dtype, name="emb_proj")(nn.silu(emb))[:, None, None, :]
       h = norm(name="norm2")(h + e)
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
     h = conv(self.features, kernel_init=_zero_or(nn.initializers.lecun_normal(), self.zero_init),
