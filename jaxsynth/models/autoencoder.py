@@ -31,7 +31,10 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from jaxsynth.errors import ConfigError
+from jaxsynth.hardware import compute_dtype
 from jaxsynth.models.layers import Conv, group_norm, pre_conv_dtype
 from jaxsynth.models.unet import AttentionBlock, ResBlock
 
@@ -286,3 +289,100 @@ class KLAutoencoder(_Autoencoder):
       z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(self.make_rng("latent"), mean.shape)
     aux = {"kl": gaussian_kl(mean, logvar), "mean": mean, "logvar": logvar}
     return self.decode(z, train), aux
+
+
+class PatchDiscriminator(nn.Module):
+  """PatchGAN critic (Isola et al. 2017; VQGAN's NLayerDiscriminator): a 4x4 stride-2 conv,
+  `layers - 1` more (channels doubling, at most 8x), a stride-1 one, then a 1-channel 4x4 conv:
+  one logit per overlapping patch, (B, h, w, 1). VQGAN normalises with BatchNorm; this uses
+  GroupNorm instead, so the critic carries no batch statistics and does not depend on the
+  batch split over devices."""
+  channels: int = 64
+  layers: int = 3
+  norm_groups: int = 32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(Conv, kernel_size=(4, 4), padding=1,
+                             kernel_init=nn.initializers.normal(0.02))
+    h = nn.leaky_relu(conv(self.channels, strides=2, name="conv_0")(x), 0.2)
+    for i in range(1, self.layers + 1):
+      ch = self.channels * min(2 ** i, 8)
+      h = conv(ch, strides=2 if i < self.layers else 1, use_bias=False, name=f"conv_{i}")(h)
+      h = nn.GroupNorm(num_groups=min(self.norm_groups, ch), name=f"norm_{i}")(h)
+      h = nn.leaky_relu(h, 0.2)
+    return conv(1, name="conv_out")(h).astype(jnp.float32)
+
+
+AUTOENCODERS = ("vq", "kl")
+
+
+def autoencoder_model_config():
+  """The `model.*` keys of the autoencoders (configs/autoencoder.py sets them)."""
+  m = ml_collections.ConfigDict()
+  m.name = "vq"                   # vq | kl
+  m.channels = (64, 128, 256)     # per level; downsampling factor 2 ** (levels - 1)
+  m.res_blocks = 2
+  m.attention = True              # self-attention on the lowest level and in the middle
+  m.norm_groups = 32
+  m.latent_channels = 4           # channels of the latent (VQ: the code dimension)
+  m.num_codes = 1024              # vq: codebook size
+  m.beta = 0.25                   # vq: commitment weight
+  m.ema_decay = 0.0               # vq: > 0 = EMA codebook (e.g. 0.99) instead of the codebook loss
+  m.dtype = "float32"             # float32 | bfloat16 | auto
+  m.disc_channels = 64            # PatchGAN critic (used when loss.disc_weight > 0)
+  m.disc_layers = 3
+  return m
+
+
+class AutoencoderWithCritic(nn.Module):
+  """The autoencoder and (optionally) its PatchGAN critic as one module, so one parameter tree
+  {"autoencoder", "critic"} trains, checkpoints and resumes as a unit."""
+  autoencoder: nn.Module
+  critic: nn.Module | None = None
+
+  def __call__(self, x, train: bool = False):
+    out = self.autoencoder(x, train)
+    if self.critic is not None:
+      self.critic(x)
+    return out
+
+  def reconstruct(self, x, train: bool = False):
+    """(reconstruction, aux) of the autoencoder."""
+    return self.autoencoder(x, train)
+
+  def criticise(self, x):
+    """Patch logits of the critic."""
+    return self.critic(x)
+
+
+def make_autoencoder(model_cfg, image_channels: int, with_critic: bool = False):
+  """The autoencoder of `model.*` (wrapped with its critic when `with_critic`)."""
+  if model_cfg.name not in AUTOENCODERS:
+    raise ConfigError(f"config key 'model.name' has unknown value {model_cfg.name!r} for an "
+                      f"autoencoder; use one of {', '.join(AUTOENCODERS)}")
+  channels = tuple(int(c) for c in model_cfg.channels)
+  if not channels or any(c % model_cfg.norm_groups for c in channels):
+    raise ConfigError(f"config key 'model.channels' has bad value {channels!r}: give one or more "
+                      f"levels, each a multiple of model.norm_groups={model_cfg.norm_groups}")
+  if model_cfg.latent_channels < 1:
+    raise ConfigError(f"config key 'model.latent_channels' has bad value "
+                      f"{model_cfg.latent_channels!r}: use a positive channel count")
+  common = dict(channels=channels, res_blocks=int(model_cfg.res_blocks),
+                attention=bool(model_cfg.attention), norm_groups=int(model_cfg.norm_groups),
+                latent_channels=int(model_cfg.latent_channels), image_channels=image_channels,
+                dtype=compute_dtype(model_cfg.dtype))
+  if model_cfg.name == "vq":
+    if model_cfg.num_codes < 2:
+      raise ConfigError(f"config key 'model.num_codes' has bad value {model_cfg.num_codes!r}: "
+                        "use a codebook of 2 or more codes (e.g. 1024)")
+    if not 0.0 <= model_cfg.ema_decay < 1.0:
+      raise ConfigError(f"config key 'model.ema_decay' has bad value {model_cfg.ema_decay!r}: "
+                        "use 0 (codebook loss) or a decay in (0, 1), e.g. 0.99")
+    model = VQAutoencoder(num_codes=int(model_cfg.num_codes), beta=float(model_cfg.beta),
+                          ema_decay=float(model_cfg.ema_decay), **common)
+  else:
+    model = KLAutoencoder(**common)
+  critic = (PatchDiscriminator(int(model_cfg.disc_channels), int(model_cfg.disc_layers))
+            if with_critic else None)
+  return AutoencoderWithCritic(model, critic)

@@ -9,6 +9,7 @@ TASKS = {
     "train_classifier": "jaxsynth.tasks.classifier:train_and_evaluate",
     "evaluate": "jaxsynth.tasks.classifier:evaluate",
     "train_diffusion": "jaxsynth.tasks.diffusion:train_diffusion",
+    "train_autoencoder": "jaxsynth.tasks.autoencoder:train_autoencoder",
     "sample": "jaxsynth.tasks.sample:sample",
     "filter": "jaxsynth.tasks.filter:filter_sweep",
     "recipe": "jaxsynth.tasks.recipe:recipe",

@@ -1,0 +1,104 @@
+"""Task train_autoencoder: tiny VQ (with critic and dead-code restarts) and KL runs on digits
+write grids, logs and metrics, and the VQ run resumes bit-identically after a stop request."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import autoencoder as autoencoder_configs
+from jaxsynth.errors import ConfigError
+from jaxsynth.tasks import TASKS
+from jaxsynth.tasks.autoencoder import build_setup, train_autoencoder
+from jaxsynth.training.loop import Preempted, StopRequest
+from tests.helpers import checkpoint_steps, load_params
+from tests.test_training import assert_trees_equal
+
+STEPS = 6
+
+
+def _config(name: str, **train):
+  config = autoencoder_configs.get_config(f"{name}:tiny")
+  config.data.threads = 2
+  config.train.update(keep_checkpoints=10, log_every=1, **train)
+  if name == "vq":
+    # The critic from step 2; codes unused for two steps (usage share 1/16 * 0.99^2) restart.
+    config.loss.update(disc_weight=0.8, disc_start=2)
+    config.train.restart_threshold = 0.0615
+  return config
+
+
+@pytest.fixture(scope="module", params=["vq", "kl"])
+def uninterrupted(request, tmp_path_factory):
+  name = request.param
+  workdir = str(tmp_path_factory.mktemp(f"ae-{name}"))
+  return name, workdir, train_autoencoder(_config(name), workdir)
+
+
+def test_run_writes_metrics_logs_and_grids(uninterrupted):
+  name, workdir, results = uninterrupted
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert metrics == json.loads(json.dumps(results))
+  assert metrics["steps"] == STEPS and metrics["latent_shape"] == [6, 6, 3]
+  val = metrics["val"]
+  assert 0 < val["psnr"] < 60 and 0 < val["l1"] and -1 <= val["ssim"] <= 1
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "log.jsonl"))]
+  assert [l["step"] for l in lines if "val/psnr" in l] == [3, 6]
+  train = [l for l in lines if "train/loss" in l]
+  assert [l["step"] for l in train] == list(range(1, STEPS + 1))
+  if name == "vq":
+    assert 0 < val["codebook_usage"] <= 1 and 1 <= val["perplexity"] <= 16
+    assert sum(l["train/codes_restarted"] for l in train) > 0
+    # The adversarial term is off before disc_start and weighted adaptively after it.
+    assert [l["train/adaptive_weight"] > 0 for l in train] == [False] * 2 + [True] * 4
+  else:
+    assert "codebook_usage" not in val and train[-1]["train/kl"] > 0
+  assert sorted(os.listdir(os.path.join(workdir, "grids"))) == ["step-000003.png",
+                                                                 "step-000006.png"]
+  grid = np.asarray(Image.open(os.path.join(workdir, "grids", "step-000006.png")))
+  assert grid.shape == (2 * 12, 4 * 12, 3) and grid.std() > 0   # originals over reconstructions
+  assert checkpoint_steps(workdir, "best")
+
+
+def test_interrupted_run_resumes_bit_identically(uninterrupted, tmp_path):
+  name, full_dir, _ = uninterrupted
+  if name != "vq":
+    pytest.skip("the VQ run holds every kind of state (codebook stats, critic, restarts)")
+  workdir = str(tmp_path / "resumed")
+  config = _config(name, sample_every=0)
+  with pytest.raises(Preempted):
+    train_autoencoder(config, workdir, stop=StopRequest(at_step=3))
+  assert checkpoint_steps(workdir)[-1] == 3
+  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+  train_autoencoder(config, workdir)
+  assert_trees_equal(load_params(workdir, STEPS), load_params(full_dir, STEPS))
+
+
+@pytest.mark.parametrize("variant", ["vq", "kl", "vq:tiny", "kl:tiny"])
+def test_configs_select_the_task(variant):
+  config = autoencoder_configs.get_config(variant)
+  assert config.task == "train_autoencoder" and "train_autoencoder" in TASKS
+  assert config.model.name == variant.split(":")[0]
+  with pytest.raises(ValueError, match="unknown configs/autoencoder.py variant"):
+    autoencoder_configs.get_config("gan")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.model.update(name="vqgan"), "'model.name' has unknown value 'vqgan'"),
+    (lambda c: c.model.update(channels=(8, 16, 16, 16)),
+     "downsample by 8, which must divide the 12x12"),
+    (lambda c: c.model.update(channels=(8, 10)), "'model.channels' has bad value"),
+    (lambda c: c.data.update(image_size=8), "SSIM needs images of at least 11 px"),
+    (lambda c: c.loss.update(l1_weight=0.0, ssim_weight=0.0),
+     "at least one reconstruction term"),
+    (lambda c: c.train.update(adam_betas=(0.5,)), "'train.adam_betas'"),
+    (lambda c: c.model.update(ema_decay=1.0), "'model.ema_decay' has bad value 1.0"),
+])
+def test_bad_keys_are_clear_errors(change, message):
+  config = autoencoder_configs.get_config("vq:tiny")
+  change(config)
+  with pytest.raises(ConfigError, match=message):
+    build_setup(config)
