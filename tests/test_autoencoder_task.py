@@ -102,3 +102,12 @@ def test_bad_keys_are_clear_errors(change, message):
   change(config)
   with pytest.raises(ConfigError, match=message):
     build_setup(config)
+
+
+def test_cli_refuses_a_bad_config_before_writing(tmp_path):
+  from tests.test_bad_inputs import run_cli
+  workdir = tmp_path / "never"
+  proc = run_cli("--config", "configs/autoencoder.py:vq:tiny", "--workdir", str(workdir),
+                 "--config.model.channels=(8,16,16,16)")
+  assert proc.returncode == 2 and "must divide the 12x12 images" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1 and not workdir.exists()

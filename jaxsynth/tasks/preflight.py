@@ -65,6 +65,8 @@ def check_inputs(config) -> dict:
       for source in data.values():
         conditions.condition_ids(conditioning, source)
     return {"data": data}
+  if task == "train_autoencoder":
+    return {"data": check_data(config.data, ["train", "val"], config.seed, every_class=False)}
   if task == "filter":
     from jaxsynth.synthesis.filters import check_filter_config  # pylint: disable=import-outside-toplevel
     from jaxsynth.tasks.filter import input_sweep  # pylint: disable=import-outside-toplevel
@@ -118,6 +120,9 @@ def check_setup(config, workdir: str, inputs: dict) -> None:
                         f"'diffusion.num_timesteps' ({d.num_timesteps}) give no valid noise "
                         f"schedule ({e}): use more timesteps, e.g. 1000") from None
     check_image_shape(config.model, diffusion.build_setup(config).image_shape)
+  elif task == "train_autoencoder":
+    from jaxsynth.tasks import autoencoder
+    autoencoder.build_setup(config)
   elif task == "sample":
     from jaxsynth.tasks import sample
     sample.check_config(config, workdir)
