@@ -1,7 +1,9 @@
 """Class-conditional diffusion: train a denoiser (`train_diffusion`), then sample a sweep (`sample`).
 
 Variants (`--config configs/diffusion.py:VARIANT`): `unet` (default; an ADM-style UNet) and
-`dit` train on the embedded digits at 16 px; `sample` runs a sampling sweep from a trained run:
+`dit` train on the embedded digits at 16 px; `ldm` trains the UNet on the latents of a
+`train_autoencoder` run (`--config.latent.autoencoder_run=DIR`, configs/autoencoder.py);
+`sample` runs a sampling sweep from a trained run:
 
   python -m jaxsynth.main --config configs/diffusion.py --workdir runs/diff \
       --config.train.steps=2000
@@ -25,11 +27,11 @@ from jaxsynth.config import base_config
 from jaxsynth.models.denoisers import denoiser_model_config
 from jaxsynth.synthesis.filters import filter_config
 
-VARIANTS = ("unet", "dit", "sample")
+VARIANTS = ("unet", "dit", "ldm", "sample")
 
 
 def get_config(variant: str | None = None):
-  """Returns the diffusion config; `variant` is unet | dit (train_diffusion) or sample."""
+  """Returns the diffusion config; `variant` is unet | dit | ldm (train_diffusion) or sample."""
   variant = variant or "unet"
   if variant not in VARIANTS:
     raise ValueError(f"unknown configs/diffusion.py variant {variant!r}; use one of "
@@ -74,6 +76,15 @@ def get_config(variant: str | None = None):
   d.sample_steps = 50               # model evaluations per sample
   d.cfg_scale = 3.0                 # classifier-free guidance w (DiffuPT eq. 5); 0 = conditional
   d.grid_per_class = 8              # samples per class (one row per class)
+
+  if variant == "ldm":
+    # Latent diffusion: the UNet denoises the latents of a train_autoencoder run (which must
+    # have been trained on the same data keys); WORKDIR/latents caches them.
+    config.latent = latent = ml_collections.ConfigDict()
+    latent.autoencoder_run = ""     # the train_autoencoder --workdir (required)
+    latent.checkpoint = "best"      # best (highest val PSNR) | latest
+    model.unet.attn_resolutions = (4,)
+    d.val_batches = 2
 
   config.sample = s = ml_collections.ConfigDict()
   s.run_dir = ""                    # the train_diffusion workdir to sample from (required)

@@ -83,6 +83,10 @@ def preprocess(image: np.ndarray, data_cfg, rng: np.random.Generator | None,
 
   `norm`: `normalisation(data_cfg, channels)` computed once by the caller (else per call).
   """
+  if image.dtype != np.uint8:
+    # Float records are model inputs already (cached latents, synthesis/latents.py): no
+    # resizing, augmentation or normalisation.
+    return np.asarray(image, np.float32)
   image = resize(convert_channels(image, data_cfg.channels), data_cfg.image_size)
   aug = data_cfg.augment
   if rng is not None:

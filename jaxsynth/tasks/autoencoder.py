@@ -38,7 +38,7 @@ from jaxsynth.models import autoencoder as ae
 from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
-from jaxsynth.training.optim import learning_rate_schedule
+from jaxsynth.training.optim import learning_rate_schedule, make_optimizer
 from jaxsynth.training.writers import MetricWriter, image_grid, png_bytes
 
 log = logging.getLogger(__name__)
@@ -112,17 +112,9 @@ def build_setup(config) -> Setup:
 
 
 def make_tx(config, setup: Setup):
-  """The learning-rate schedule and Adam(W) with `train.adam_betas` (VQGAN: 0.5, 0.9)."""
+  """The learning-rate schedule and the optimiser (`train.adam_betas`; VQGAN: 0.5, 0.9)."""
   schedule = learning_rate_schedule(config.train, setup.steps_per_epoch, setup.total_steps)
-  b1, b2 = (float(b) for b in config.train.adam_betas)
-  if config.train.optimizer == "adamw":
-    core = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=float(config.train.weight_decay))
-  elif config.train.optimizer == "adam":
-    core = optax.adam(schedule, b1=b1, b2=b2)
-  else:
-    raise _bad("train.optimizer", config.train.optimizer, "use adam or adamw for autoencoders")
-  chain = [optax.clip_by_global_norm(config.train.grad_clip)] if config.train.grad_clip > 0 else []
-  return schedule, optax.chain(*chain, core)
+  return schedule, make_optimizer(config.train, schedule)
 
 
 def to_unit(x, mean, std):

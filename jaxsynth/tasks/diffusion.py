@@ -3,7 +3,12 @@ and per-class sample grids from the EMA parameters every `train.sample_every` st
 
 `diffusion.condition` picks what the denoiser's label is: the class (default), the sample's
 group id, or its (class, group) cell (data/conditions.py has the ids); grids then have a row
-per group or cell."""
+per group or cell.
+
+Latent diffusion: a config with `latent.autoencoder_run` (a finished train_autoencoder run)
+encodes the train and val splits once into WORKDIR/latents (synthesis/latents.py: resumable,
+scaled by 1/std of the train latents) and trains the denoiser on those latents; the grids are
+decoded by the autoencoder."""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from jaxsynth.errors import ConfigError
 from jaxsynth.models.denoisers import make_denoiser
 # The generator's parts live in synthesis/ so that recipes can load a trained run too.
 from jaxsynth.synthesis.generator import denoise_fn, extra_inputs, sampler_options  # noqa: F401
-from jaxsynth.synthesis import model_card
+from jaxsynth.synthesis import latents, model_card
 from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
@@ -54,6 +59,28 @@ class Setup:
   steps_per_epoch: int
   total_steps: int
   conditioning: conditions.Conditioning = conditions.Conditioning()
+  data_cfg: object = None     # the data keys the pipelines read (a latent view for LDMs)
+  autoencoder: latents.Autoencoder | None = None   # latent diffusion: the first stage
+  cache_dir: str = ""         # latent diffusion: the latent cache (set once it is built)
+  scale_factor: float = 1.0   # latent diffusion: latents are multiplied by this
+
+  def open_split(self, config, split: str) -> ImageSource:
+    """A split of the data (of the latent cache for latent diffusion) labelled with condition
+    ids."""
+    data = (latents.LatentSource(self.cache_dir, split) if self.cache_dir
+            else open_source(config.data, split, seed=config.seed))
+    return conditions.conditioned(data, self.conditioning)
+
+  def to_images(self, x):
+    """Denoiser-space samples -> normalised images (decoded for latent diffusion)."""
+    if self.autoencoder is None:
+      return x
+    return self.autoencoder.decode_fn(x / self.scale_factor)
+
+  def image_normalisation(self, config):
+    """(mean, std) of the images `to_images` returns."""
+    data = self.autoencoder.config.data if self.autoencoder else config.data
+    return augment.normalisation(data)
 
 
 def _bad(key: str, value, fix: str) -> ConfigError:
@@ -91,6 +118,10 @@ def check_config(config) -> None:
 def build_setup(config) -> Setup:
   """Opens the train split and builds the denoiser, noise schedule and mesh from the config."""
   check_config(config)
+  latent = config.get("latent")
+  autoencoder = None
+  if latent is not None and latent.autoencoder_run:
+    autoencoder = latents.Autoencoder(latent.autoencoder_run, latent.checkpoint)
   data = open_source(config.data, "train", seed=config.seed)
   conditioning = conditions.from_source(config.diffusion.get("condition", "class"), data)
   train = conditions.conditioned(data, conditioning)
@@ -101,8 +132,24 @@ def build_setup(config) -> Setup:
            else max(1, int(round(config.train.epochs * steps_per_epoch))))
   model = make_denoiser(config.model, train.num_classes)
   schedule = make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
-  return Setup(train, model, schedule, mesh, pipeline.input_shape(config.data, train),
-               train.num_classes, steps_per_epoch, total, conditioning)
+  shape = autoencoder.latent_shape if autoencoder else pipeline.input_shape(config.data, train)
+  data_cfg = config.data
+  if autoencoder is not None:
+    data_cfg = latents.latent_data_config(config.data)
+  return Setup(train, model, schedule, mesh, shape, train.num_classes, steps_per_epoch, total,
+               conditioning, data_cfg, autoencoder)
+
+
+def use_latent_cache(config, setup: Setup, workdir: str) -> None:
+  """Latent diffusion: encodes (or resumes, or checks) WORKDIR/latents and points the setup's
+  train split, shape and scale at it."""
+  cache = os.path.join(workdir, latents.CACHE_DIR)
+  manifest = latents.build_cache(cache, setup.autoencoder, config.data, config.seed,
+                                 batch_size=config.train.eval_batch_size)
+  setup.cache_dir, setup.scale_factor = cache, float(manifest["scale_factor"])
+  setup.train = setup.open_split(config, "train")
+  log.info("latent diffusion on %s: latents %s, scale factor %.4f", cache,
+           tuple(manifest["latent_shape"]), setup.scale_factor)
 
 
 def make_tx(config, setup: Setup):
@@ -149,8 +196,7 @@ def make_train_step(model: nn.Module, tx, schedule: Schedule, options: dict, lr_
 
 def make_val_loss(config, setup: Setup, options: dict):
   """evaluate_fn(state) -> {"loss"}: EMA-params loss on the first val batches, fixed keys."""
-  val = conditions.conditioned(open_source(config.data, "val", seed=config.seed),
-                               setup.conditioning)
+  val = setup.open_split(config, "val")
   options = dict(options, label_dropout=0.0)
   batch_sharding, replicated = parallel.batch_sharding(setup.mesh), parallel.replicated(setup.mesh)
   apply = denoise_fn(setup.model)
@@ -167,7 +213,7 @@ def make_val_loss(config, setup: Setup, options: dict):
   def evaluate(state) -> dict:
     # The same samples, timesteps and noise at every evaluation, so values are comparable.
     total, count = 0.0, 0.0
-    batches = pipeline.eval_dataset(val, config.data, global_batch=config.train.eval_batch_size,
+    batches = pipeline.eval_dataset(val, setup.data_cfg, global_batch=config.train.eval_batch_size,
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count())
     for b, batch in enumerate(batches):
@@ -198,10 +244,11 @@ def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
                         num_classes=setup.num_classes, prediction=d.prediction))
   # One fixed root key: every grid shows the same noise, so grids over training compare.
   root = jax.random.fold_in(jax.random.PRNGKey(config.seed), GRID_STREAM)
-  mean, std = augment.normalisation(config.data)
+  mean, std = setup.image_normalisation(config)
 
   def write(step: int, state) -> None:
-    images = parallel.to_host(sampler(state.ema_params, labels, indices, root))[:n]
+    samples = sampler(state.ema_params, labels, indices, root)
+    images = parallel.to_host(setup.to_images(samples))[:n]
     grid = image_grid(images, columns=per_class, mean=mean, std=std)
     if jax.process_index() == 0:
       path = os.path.join(workdir, GRIDS_DIR, f"step-{step:06d}.png")
@@ -232,6 +279,8 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
   workdir_lib.check_prepare(workdir, config, overwrite)
   setup = build_setup(config)
   workdir_lib.prepare(workdir, config, overwrite)
+  if setup.autoencoder is not None:
+    use_latent_cache(config, setup, workdir)
   log.info("train split of %s: %d samples, %s counts %s", setup.train.name, len(setup.train),
            setup.conditioning.mode, setup.train.class_counts().tolist())
   lr_schedule, tx = make_tx(config, setup)
@@ -247,7 +296,7 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
   evaluate_fn = (make_val_loss(config, setup, options) if config.diffusion.val_batches > 0
                  else None)
   dataset = pipeline.train_dataset(
-      setup.train, config.data, global_batch=config.train.batch_size, seed=config.seed,
+      setup.train, setup.data_cfg, global_batch=config.train.batch_size, seed=config.seed,
       start_step=start, num_steps=setup.total_steps, process_index=jax.process_index(),
       process_count=jax.process_count())
   eval_every = config.train.eval_every or setup.steps_per_epoch

@@ -31,7 +31,7 @@ from jaxsynth.diffusion.schedules import make_schedule
 from jaxsynth.errors import ConfigError, DataError
 from jaxsynth.hardware import resolve_dtype
 from jaxsynth.models.denoisers import DTYPES, make_denoiser
-from jaxsynth.synthesis import filters, sweep
+from jaxsynth.synthesis import filters, latents, sweep
 from jaxsynth.synthesis.generator import load_ema_params, load_run_config
 from jaxsynth.tasks import diffusion
 from jaxsynth.training import parallel, workdir as workdir_lib
@@ -110,6 +110,9 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   conditioning, counts = sweep_budget(config, run, train)
   num_classes = conditioning.sweep_classes        # the classes the shards' labels range over
   image_shape = pipeline.input_shape(run.data, train)
+  # Latent diffusion: the denoiser draws latents, which the run's autoencoder decodes.
+  first_stage = latents.first_stage(config.sample.run_dir, run)
+  model_shape = first_stage[0].latent_shape if first_stage else image_shape
   plan = sweep.make_plan(counts, int(config.sample.shard_size), conditioning)
   mesh = parallel.make_mesh(config.mesh)
 
@@ -122,7 +125,7 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   model_cfg = ml_collections.ConfigDict(run.model.to_dict())
   model_cfg.dtype = config.sample.dtype or model_cfg.dtype
   model = make_denoiser(model_cfg, conditioning.num_conditions)
-  params, step = load_ema_params(config.sample.run_dir, run, model, image_shape, mesh,
+  params, step = load_ema_params(config.sample.run_dir, run, model, model_shape, mesh,
                                  config.sample.checkpoint,
                                  previous["checkpoint"]["step"] if previous else None)
   d, s = run.diffusion, config.sample
@@ -131,7 +134,9 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
       spacing=s.spacing, clip_x0=s.clip_x0, num_classes=conditioning.num_conditions,
       prediction=d.prediction)
   schedule = make_schedule(d.schedule, d.num_timesteps)
-  sampler = make_sampler(diffusion.denoise_fn(model), schedule, image_shape, mesh=mesh, **options)
+  sampler = make_sampler(diffusion.denoise_fn(model), schedule, model_shape, mesh=mesh, **options)
+  if first_stage:
+    sampler = latents.DecodingSampler(sampler, *first_stage)
   manifest = {
       "num_classes": num_classes, "image_shape": list(image_shape),
       "class_names": list(train.class_names), "counts": counts.tolist(),
@@ -145,6 +150,9 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
       "filter": filters.settings(s.filter) if filtered else None,
       **conditioning.manifest(),   # condition (and num_groups, group_names when grouped)
   }
+  if first_stage:
+    manifest["latent"] = {**first_stage[0].identity(), "latent_shape": list(model_shape),
+                          "scale_factor": first_stage[1]}
   if conditioning.mode == "group":
     del manifest["class_names"]    # labels are all 0: the samples have no class
   sweep.check_same_plan(previous, manifest, plan_dir)
@@ -159,7 +167,7 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   log.info("sweep of %d samples (per %s %s) from %s step %d into %s", plan.labels.size,
            {"class_group": "cell"}.get(conditioning.mode, conditioning.mode), counts.tolist(),
            config.sample.run_dir, step, directory)
-  mean, std = augment.normalisation(run.data)
+  mean, std = augment.normalisation(first_stage[0].config.data if first_stage else run.data)
   root_key = jax.random.PRNGKey(config.seed)
   if filtered:
     result = sweep.run_filtered_sweep(
@@ -180,6 +188,8 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
     metrics = {"samples": int(counts.sum()), "counts": counts.tolist(),
                "shards": plan.num_shards, "checkpoint": manifest["checkpoint"],
                "images_per_s": result["images_per_s"]}
+  if first_stage:   # images/s above include decoding; this is the decoder's share
+    metrics["decode"] = sampler.report()
   if jax.process_index() == 0:
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.METRICS_FILE), metrics)
   return metrics

@@ -32,14 +32,18 @@ def learning_rate_schedule(train_cfg, steps_per_epoch: int, total_steps: int) ->
 
 
 def make_optimizer(train_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum, Adam or AdamW, with optional global-norm clipping and weight decay."""
+  """SGD with momentum, Adam or AdamW, with optional global-norm clipping and weight decay.
+
+  Adam's (b1, b2) are `train.adam_betas` where a config has that key (the autoencoders': VQGAN's
+  (0.5, 0.9)), else optax's (0.9, 0.999)."""
   name, wd = train_cfg.optimizer, float(train_cfg.weight_decay)
+  b1, b2 = (float(b) for b in train_cfg.get("adam_betas", (0.9, 0.999)))
   if name == "sgd":
     core = optax.sgd(schedule, momentum=train_cfg.momentum or None, nesterov=train_cfg.nesterov)
   elif name == "adam":
-    core = optax.adam(schedule)
+    core = optax.adam(schedule, b1=b1, b2=b2)
   elif name == "adamw":
-    core = optax.adamw(schedule, weight_decay=wd)
+    core = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=wd)
   else:
     raise ConfigError(f"config key 'train.optimizer' has unknown value {name!r}; "
                       "use sgd, adam or adamw")

@@ -1,0 +1,124 @@
+"""Latent caching and latent diffusion: a tiny VQ autoencoder's latents are cached (resumably,
+checked against the weights and data they came from), a UNet trains on them, and a sweep
+decodes its samples into the usual image shards."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import autoencoder as autoencoder_configs
+from configs import diffusion as diffusion_configs
+from jaxsynth.data import augment, pipeline
+from jaxsynth.data.sources import open_source
+from jaxsynth.errors import DataError
+from jaxsynth.synthesis import latents
+from jaxsynth.tasks.autoencoder import train_autoencoder
+from jaxsynth.tasks.diffusion import train_diffusion
+from jaxsynth.tasks.sample import sample
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(tmp_path_factory):
+  config = autoencoder_configs.get_config("vq:tiny")
+  config.data.threads = 2
+  config.train.update(steps=4, sample_every=0)
+  workdir = str(tmp_path_factory.mktemp("vq"))
+  train_autoencoder(config, workdir)
+  return workdir, config
+
+
+def test_cache_holds_the_encoded_splits_and_resumes(autoencoder_run, tmp_path, monkeypatch):
+  run_dir, config = autoencoder_run
+  monkeypatch.setattr(latents, "SHARD_SIZE", 256)
+  first = latents.Autoencoder(run_dir, "latest")
+  cache = str(tmp_path / "cache")
+  manifest = latents.build_cache(cache, first, config.data, config.seed)
+  assert manifest["latent_shape"] == [6, 6, 3] and manifest["autoencoder"]["step"] == 4
+  train = open_source(config.data, "train", seed=config.seed)
+  assert [s["count"] for s in manifest["splits"]["train"]["shards"]] == [256] * 4 + [55]
+  source = latents.LatentSource(cache, "train")
+  np.testing.assert_array_equal(source.labels, train.labels)
+  # Each cached latent is the encoder's output for that image, times the scale factor ...
+  norm = augment.normalisation(config.data, 1)
+  x = np.stack([augment.preprocess(train.load_image(i), config.data, None, norm)
+                for i in (0, 700)])
+  expected = np.asarray(first.encode_fn(jnp.asarray(x))) * manifest["scale_factor"]
+  np.testing.assert_allclose(np.stack([source[0]["image"], source[700]["image"]]), expected,
+                             rtol=1e-5, atol=1e-6)
+  # ... and the scale makes the train latents unit-variance (LDM's scale_by_std).
+  np.testing.assert_allclose(np.std(source.latents) * source.scale_factor, 1.0, rtol=1e-5)
+  # The float records pass the pipeline as they are.
+  batch = next(iter(pipeline.eval_dataset(source, latents.latent_data_config(config.data),
+                                          global_batch=2)))
+  np.testing.assert_array_equal(batch["image"][0], source[0]["image"])
+
+  # A killed run leaves the shards it finished listed; the rerun encodes only the others.
+  path = os.path.join(cache, "manifest.json")
+  cut = json.load(open(path))
+  cut["splits"]["train"]["shards"] = cut["splits"]["train"]["shards"][:2]
+  del cut["splits"]["val"], cut["scale_factor"]
+  open(path, "w").write(json.dumps(cut))
+  kept = os.stat(os.path.join(cache, "train", "shard-00001.npz")).st_mtime_ns
+  again = latents.build_cache(cache, first, config.data, config.seed)
+  assert again == manifest
+  assert os.stat(os.path.join(cache, "train", "shard-00001.npz")).st_mtime_ns == kept
+
+
+def test_cache_refuses_other_weights_other_data_and_damage(autoencoder_run, tmp_path):
+  run_dir, config = autoencoder_run
+  autoencoder = latents.Autoencoder(run_dir, "latest")
+  cache = str(tmp_path / "cache")
+  latents.build_cache(cache, autoencoder, config.data, config.seed, splits=("val",))
+  other = config.data.copy_and_resolve_references()
+  other.mean = 0.4
+  with pytest.raises(DataError, match="another data config"):
+    latents.build_cache(cache, autoencoder, other, config.seed, splits=("val",))
+  manifest = json.load(open(os.path.join(cache, "manifest.json")))
+  manifest["autoencoder"]["params_sha256"] = "0" * 64
+  open(os.path.join(cache, "manifest.json"), "w").write(json.dumps(manifest))
+  with pytest.raises(DataError, match="another autoencoder checkpoint"):
+    latents.build_cache(cache, autoencoder, config.data, config.seed, splits=("val",))
+  with open(os.path.join(cache, "val", "shard-00000.npz"), "r+b") as f:
+    f.seek(200)
+    f.write(b"\0\0\0\0")
+  with pytest.raises(DataError, match="does not match its sha256"):
+    latents.LatentSource(cache, "val")
+
+
+def test_latent_diffusion_trains_on_latents_and_the_sweep_decodes(autoencoder_run, tmp_path):
+  run_dir, ae_config = autoencoder_run
+  config = diffusion_configs.get_config("ldm")
+  config.data.update(image_size=12, threads=2)
+  config.latent.update(autoencoder_run=run_dir, checkpoint="latest")
+  config.model.unet.update(channels=(16, 32), res_blocks=1, attn_resolutions=(), head_dim=8,
+                           norm_groups=8, mid_attention=False)
+  config.diffusion.update(num_timesteps=100, sample_steps=3, grid_per_class=1, val_batches=1)
+  config.train.update(batch_size=16, eval_batch_size=32, steps=4, log_every=2, eval_every=2,
+                      checkpoint_every=2, sample_every=4)
+  ldm_dir = str(tmp_path / "ldm")
+  results = train_diffusion(config, ldm_dir)
+  assert np.isfinite(results["val"]["loss"])
+  cache = json.load(open(os.path.join(ldm_dir, "latents", "manifest.json")))
+  assert cache["latent_shape"] == [6, 6, 3] and set(cache["splits"]) == {"train", "val"}
+  assert os.listdir(os.path.join(ldm_dir, "grids")) == ["step-000004.png"]
+
+  sweep = diffusion_configs.get_config("sample")
+  sweep.sample.update(run_dir=ldm_dir, budget="counts", class_counts=(2, 0, 0, 0, 0, 0, 0, 0, 0, 1),
+                      num_steps=3, batch_size=2)
+  metrics = sample(sweep, str(tmp_path / "sweep"))
+  assert metrics["samples"] == 3 and metrics["decode"]["images"] == 2   # after the first batch
+  manifest = json.load(open(os.path.join(tmp_path, "sweep", "samples", "manifest.json")))
+  assert manifest["image_shape"] == [12, 12, 1]
+  assert manifest["latent"]["latent_shape"] == [6, 6, 3]
+  assert manifest["latent"]["scale_factor"] == pytest.approx(cache["scale_factor"])
+  with np.load(os.path.join(tmp_path, "sweep", "samples", "shard-00000.npz")) as f:
+    assert f["images"].shape == (3, 12, 12, 1) and f["images"].dtype == np.uint8
+
+  # Decoding with other weights than the latents came from is refused.
+  cache["autoencoder"]["params_sha256"] = "0" * 64
+  open(os.path.join(ldm_dir, "latents", "manifest.json"), "w").write(json.dumps(cache))
+  with pytest.raises(DataError, match="is not the one .* was trained on"):
+    sample(sweep, str(tmp_path / "sweep2"))
