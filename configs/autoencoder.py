@@ -57,9 +57,13 @@ def get_config(variant: str | None = None):
   train.restart_threshold = 1e-3     # vq: usage share below which a code counts as dead
 
   config.loss = loss = ml_collections.ConfigDict()
-  loss.l1_weight = 1.0               # VQGAN: L1 (plus LPIPS, which needs weights given by path)
+  loss.l1_weight = 1.0               # VQGAN: L1 + LPIPS
   loss.l2_weight = 0.0
   loss.ssim_weight = 0.2             # 1 - SSIM on [0, 1] images (needs >= 11 px)
+  loss.lpips_weight = 0.0            # LPIPS (VQGAN / LDM: 1.0), from weights given by path:
+  loss.lpips_backbone = ""           #   torchvision's vgg16 (or alexnet) state dict
+  loss.lpips_lin = ""                #   the lpips package's weights/v0.1/vgg.pth (or alex.pth)
+  loss.lpips_net = "vgg"             #   vgg | alex
   loss.kl_weight = 1e-6              # kl: LDM's KL weight
   loss.disc_weight = 0.0             # PatchGAN term (VQGAN: 0.8); 0 = no critic
   loss.disc_start = 0                # steps before the adversarial term switches on

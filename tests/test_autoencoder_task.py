@@ -111,3 +111,31 @@ def test_cli_refuses_a_bad_config_before_writing(tmp_path):
                  "--config.model.channels=(8,16,16,16)")
   assert proc.returncode == 2 and "must divide the 12x12 images" in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1 and not workdir.exists()
+
+
+def test_lpips_term_trains_and_is_reported(tmp_path, monkeypatch):
+  from jaxsynth.models import lpips
+  from jaxsynth.models.convert import save_safetensors
+  from tests.test_lpips import _torch_layout
+  # A two-conv backbone in VGG's layout keeps the compile short; the real VGG16 / AlexNet
+  # conversions are checked in tests/test_lpips.py.
+  monkeypatch.setitem(lpips.NETS, "tiny", dict(convs=[(0, 4, 3, 1, 1), (3, 8, 3, 1, 1)],
+                                               pool_before=(3,), pool=(2, 2, 0), taps=(0, 3)))
+  monkeypatch.setitem(lpips.MIN_SIZE, "tiny", 16)
+  backbone, lin = _torch_layout("tiny")
+  save_safetensors(str(tmp_path / "backbone.safetensors"), backbone)
+  save_safetensors(str(tmp_path / "lin.safetensors"), lin)
+  config = autoencoder_configs.get_config("kl:tiny")
+  config.data.update(image_size=16, threads=2)
+  config.train.update(steps=2, eval_every=2, checkpoint_every=2, sample_every=0, log_every=1)
+  config.loss.update(lpips_weight=1.0, lpips_backbone=str(tmp_path / "backbone.safetensors"),
+                     lpips_lin=str(tmp_path / "lin.safetensors"), lpips_net="tiny")
+  results = train_autoencoder(config, str(tmp_path / "run"))
+  assert results["val"]["lpips"] > 0 and results["train"]["lpips"] > 0
+  config.loss.lpips_lin = ""
+  with pytest.raises(ConfigError, match="LPIPS needs its weights"):
+    build_setup(config)
+  config.loss.update(lpips_lin=str(tmp_path / "lin.safetensors"), lpips_net="vgg")
+  config.data.image_size = 12
+  with pytest.raises(ConfigError, match="LPIPS-vgg needs images of at least 16 px"):
+    build_setup(config)

@@ -4,12 +4,13 @@ codebook usage, and reconstruction grids (originals above their reconstructions)
 
 The loss (VQGAN, Esser et al. 2021, eq. 4-7; LDM's KL variant):
   L_rec = l1_weight |x - x^| + l2_weight (x - x^)^2 + ssim_weight (1 - SSIM(x, x^))
+          + lpips_weight LPIPS(x, x^)   (models/lpips.py; weights given by path)
   L_AE  = L_rec + codebook + commitment losses (VQ) | kl_weight KL(q(z|x) || N(0, I)) (KL)
           + lambda disc_weight L_G  after disc_start steps, with L_G = -mean D(x^) and
   lambda = ||grad_W L_AE'|| / (||grad_W L_G|| + 1e-4), clipped to [0, 1e4]  (eq. 7; W = the
   decoder's last layer, L_AE' = L_AE without the adversarial term);
 the critic minimises the hinge loss 0.5 (mean relu(1 - D(x)) + mean relu(1 + D(x^))). SSIM is
-computed on the images mapped back to [0, 1]. One forward pass gives both L_AE' and L_G; their
+computed on the images mapped back to [0, 1], LPIPS on them in [-1, 1] as RGB. One forward pass gives both L_AE' and L_G; their
 gradients come from two pullbacks of it, so lambda costs a second backward, not a second model.
 
 VQ runs restart codes whose usage share fell below `train.restart_threshold` every
@@ -35,6 +36,7 @@ from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError
 from jaxsynth.metrics.image_quality import psnr, ssim
 from jaxsynth.models import autoencoder as ae
+from jaxsynth.models.lpips import LPIPS, MIN_SIZE, load_lpips
 from jaxsynth.training import parallel, train_state, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
@@ -59,6 +61,7 @@ class Setup:
   total_steps: int
   mean: np.ndarray
   std: np.ndarray
+  lpips_params: dict | None = None   # LPIPS weights when loss.lpips_weight > 0
 
   @property
   def is_vq(self) -> bool:
@@ -72,12 +75,17 @@ def _bad(key: str, value, fix: str) -> ConfigError:
 def check_config(config) -> None:
   """Raises ConfigError for a bad `loss.*` or restart key."""
   loss = config.loss
-  for key in ("l1_weight", "l2_weight", "ssim_weight", "kl_weight", "disc_weight"):
+  for key in ("l1_weight", "l2_weight", "ssim_weight", "lpips_weight", "kl_weight",
+              "disc_weight"):
     if loss[key] < 0:
       raise _bad(f"loss.{key}", loss[key], "use a weight >= 0")
-  if loss.l1_weight + loss.l2_weight + loss.ssim_weight == 0:
+  if loss.l1_weight + loss.l2_weight + loss.ssim_weight + loss.lpips_weight == 0:
     raise _bad("loss.l1_weight", loss.l1_weight, "give at least one reconstruction term a "
-               "positive weight (l1_weight, l2_weight or ssim_weight)")
+               "positive weight (l1_weight, l2_weight, ssim_weight or lpips_weight)")
+  if loss.lpips_weight > 0 and not (loss.lpips_backbone and loss.lpips_lin):
+    raise _bad("loss.lpips_weight", loss.lpips_weight, "LPIPS needs its weights: set "
+               "loss.lpips_backbone (torchvision vgg16/alexnet state dict) and loss.lpips_lin "
+               "(the lpips package's weights/v0.1/<net>.pth), or lpips_weight=0")
   if loss.disc_start < 0:
     raise _bad("loss.disc_start", loss.disc_start, "use a step count >= 0")
   if config.train.restart_every < 0 or not 0 <= config.train.restart_threshold < 1:
@@ -108,7 +116,18 @@ def build_setup(config) -> Setup:
   total = (config.train.steps if config.train.steps > 0
            else max(1, int(round(config.train.epochs * steps_per_epoch))))
   mean, std = augment.normalisation(config.data, shape[-1])
-  return Setup(train, model, mesh, shape, steps_per_epoch, total, mean, std)
+  perceptual = None
+  if config.loss.lpips_weight > 0:
+    net = config.loss.lpips_net
+    if net not in MIN_SIZE:
+      raise _bad("loss.lpips_net", net, f"use one of {', '.join(MIN_SIZE)}")
+    if min(shape[:2]) < MIN_SIZE[net]:
+      raise _bad("loss.lpips_weight", config.loss.lpips_weight,
+                 f"LPIPS-{net} needs images of at least {MIN_SIZE[net]} px ({shape[0]} px here); "
+                 "set 0 or use larger images")
+    perceptual = load_lpips(config.loss.lpips_backbone, config.loss.lpips_lin,
+                            config.loss.lpips_net)
+  return Setup(train, model, mesh, shape, steps_per_epoch, total, mean, std, perceptual)
 
 
 def make_tx(config, setup: Setup):
@@ -122,8 +141,16 @@ def to_unit(x, mean, std):
   return jnp.clip(x * jnp.asarray(std) + jnp.asarray(mean), 0.0, 1.0)
 
 
-def reconstruction_loss(x, recon, loss_cfg, mean, std):
-  """L_rec of the module docstring and its parts (l1, l2, ssim)."""
+def perceptual_distance(x, y, lpips_params, net: str, mean, std):
+  """LPIPS per image between normalised images (gray repeated to RGB), (B,)."""
+  x, y = (2.0 * to_unit(a, mean, std) - 1.0 for a in (x, y))
+  if x.shape[-1] == 1:
+    x, y = jnp.repeat(x, 3, axis=-1), jnp.repeat(y, 3, axis=-1)
+  return LPIPS(net).apply({"params": lpips_params}, x, y)
+
+
+def reconstruction_loss(x, recon, loss_cfg, mean, std, lpips_params=None):
+  """L_rec of the module docstring and its parts (l1, l2, ssim, lpips)."""
   l1 = jnp.mean(jnp.abs(recon - x))
   l2 = jnp.mean((recon - x) ** 2)
   total = loss_cfg.l1_weight * l1 + loss_cfg.l2_weight * l2
@@ -132,6 +159,10 @@ def reconstruction_loss(x, recon, loss_cfg, mean, std):
     s = jnp.mean(ssim(to_unit(recon, mean, std), to_unit(x, mean, std)))
     total = total + loss_cfg.ssim_weight * (1.0 - s)
     parts["ssim"] = s
+  if loss_cfg.lpips_weight > 0:
+    d = jnp.mean(perceptual_distance(x, recon, lpips_params, loss_cfg.lpips_net, mean, std))
+    total = total + loss_cfg.lpips_weight * d
+    parts["lpips"] = d
   return total, parts
 
 
@@ -152,7 +183,7 @@ def make_train_step(setup: Setup, config, tx, lr_schedule):
   restart_every = int(config.train.restart_every) if setup.is_vq else 0
   threshold = float(config.train.restart_threshold)
 
-  def step(state: train_state.TrainState, batch):
+  def step(state: train_state.TrainState, batch, lpips_params):
     x = jax.lax.with_sharding_constraint(batch["image"], parallel.batch_sharding(mesh))
     latent_key, restart_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
     critic_params = state.params.get("critic")
@@ -164,7 +195,7 @@ def make_train_step(setup: Setup, config, tx, lr_schedule):
       (recon, aux), new_state = model.apply(
           {"params": params, **state.model_state}, x, train=True, method=model.reconstruct,
           rngs={"latent": latent_key}, mutable=list(state.model_state))
-      rec, parts = reconstruction_loss(x, recon, loss_cfg, setup.mean, setup.std)
+      rec, parts = reconstruction_loss(x, recon, loss_cfg, setup.mean, setup.std, lpips_params)
       if setup.is_vq:
         reg = aux["codebook_loss"] + aux["commitment_loss"]
         parts.update(codebook_loss=aux["codebook_loss"], commitment_loss=aux["commitment_loss"],
@@ -222,8 +253,11 @@ def make_train_step(setup: Setup, config, tx, lr_schedule):
     return new_state, metrics
 
   replicated = parallel.replicated(mesh)
-  return jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  # The LPIPS weights are an argument, not constants folded into the compiled program.
+  jitted = jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+  perceptual = setup.lpips_params or {}
+  return lambda state, batch: jitted(state, batch, perceptual)
 
 
 def make_reconstruct(setup: Setup):
@@ -237,16 +271,31 @@ def make_reconstruct(setup: Setup):
   return jax.jit(reconstruct)
 
 
+def make_perceptual(config, setup: Setup):
+  """Jitted (x, recon) -> LPIPS per image, or None without LPIPS weights."""
+  if setup.lpips_params is None:
+    return None
+  net, params = config.loss.lpips_net, setup.lpips_params
+
+  def distance(x, recon, lpips_params):
+    return perceptual_distance(x, recon, lpips_params, net, setup.mean, setup.std)
+
+  distance = jax.jit(distance)
+  return lambda x, recon: distance(x, recon, params)
+
+
 def make_evaluate(config, setup: Setup):
-  """evaluate_fn(state) -> val L1, PSNR (dB), SSIM on [0, 1] images (mean per image) and, for VQ,
-  the share of codes used and the codes' perplexity over the whole validation split."""
+  """evaluate_fn(state) -> val L1, PSNR (dB), SSIM on [0, 1] images, LPIPS when its weights are
+  given (means per image) and, for VQ, the share of codes used and the codes' perplexity over
+  the whole validation split."""
   val = open_source(config.data, "val", seed=config.seed)
   reconstruct = make_reconstruct(setup)
+  perceptual = make_perceptual(config, setup)
   num_codes = setup.model.autoencoder.num_codes if setup.is_vq else 0
   limit = int(config.train.val_batches)
 
   def evaluate(state) -> dict:
-    sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0}
+    sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
     count, codes = 0.0, np.zeros(max(num_codes, 1))
     batches = pipeline.eval_dataset(val, config.data, global_batch=config.train.eval_batch_size)
     for b, batch in enumerate(batches):
@@ -259,14 +308,17 @@ def make_evaluate(config, setup: Setup):
                    "psnr": np.asarray(psnr(unit_r, unit_x))}
       if min(setup.image_shape[:2]) >= SSIM_WINDOW:
         per_image["ssim"] = np.asarray(ssim(unit_r, unit_x))
+      if perceptual is not None:
+        per_image["lpips"] = np.asarray(perceptual(x, recon))
       for k, v in per_image.items():
         sums[k] += float(np.sum(v * mask))
       count += float(mask.sum())
       if num_codes:
         used = np.asarray(indices)[mask > 0].reshape(-1)
         codes += np.bincount(used, minlength=num_codes)
-    results = {k: v / max(count, 1.0) for k, v in sums.items()
-               if k != "ssim" or min(setup.image_shape[:2]) >= SSIM_WINDOW}
+    measured = {"l1", "psnr"} | ({"ssim"} if min(setup.image_shape[:2]) >= SSIM_WINDOW else set())
+    measured |= {"lpips"} if perceptual is not None else set()
+    results = {k: v / max(count, 1.0) for k, v in sums.items() if k in measured}
     if num_codes:
       p = codes / max(codes.sum(), 1.0)
       results["codebook_usage"] = float(np.mean(codes > 0))
