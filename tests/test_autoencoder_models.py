@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxsynth.models import autoencoder as ae
 
@@ -28,6 +29,41 @@ def test_vq_autoencoder_shapes_and_encode_decode_agree():
   # Every latent vector is exactly a codebook row.
   codebook = variables["params"]["quantizer"]["codebook"]
   np.testing.assert_allclose(z, codebook[aux["indices"]], atol=1e-6)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", ["vq", "kl"])
+def test_encode_decode_shapes_for_every_factor(kind, levels):
+  cls = ae.VQAutoencoder if kind == "vq" else ae.KLAutoencoder
+  model = cls(**dict(TINY, channels=(8,) * levels, attention=levels > 2))
+  x = jax.ShapeDtypeStruct((2, 16, 24, 1), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  f = 2 ** (levels - 1)
+  assert model.factor == f
+  z = jax.eval_shape(lambda v, x: model.apply(v, x, method=model.encode), variables, x)
+  z = z[0]
+  assert z.shape == (2, 16 // f, 24 // f, 3)
+  out = jax.eval_shape(lambda v, z: model.apply(v, z, method=model.decode), variables, z)
+  assert out.shape == (2, 16, 24, 1)
+
+
+def test_ema_update_matches_a_hand_computation():
+  quantizer = ae.VectorQuantizer(num_codes=3, code_dim=2, ema_decay=0.8, usage_decay=0.5)
+  stats = dict(quantizer.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))[ae.STATS])
+  stats["codebook"] = jnp.asarray([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+  stats["embed_sum"] = stats["codebook"]
+  z = np.array([[0.1, -0.1], [0.2, 0.0], [0.9, 1.3]], np.float32)   # codes 0, 0, 1
+  (_, aux), new = quantizer.apply({ae.STATS: stats}, z, train=True, mutable=[ae.STATS])
+  new = new[ae.STATS]
+  counts = np.array([2.0, 1.0, 0.0])
+  cluster = 0.8 * np.ones(3) + 0.2 * counts
+  embed = 0.8 * np.asarray(stats["codebook"]) + 0.2 * np.stack(
+      [z[0] + z[1], z[2], np.zeros(2)])
+  np.testing.assert_allclose(new["cluster_size"], cluster, rtol=1e-6)
+  np.testing.assert_allclose(new["embed_sum"], embed, rtol=1e-6)
+  np.testing.assert_allclose(new["codebook"], embed / cluster[:, None], rtol=1e-6)
+  np.testing.assert_allclose(new["usage"], 0.5 / 3 + 0.5 * counts / 3, rtol=1e-6)
+  np.testing.assert_array_equal(aux["indices"], [0, 0, 1])
 
 
 def test_nearest_codes_and_perplexity():

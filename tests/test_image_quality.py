@@ -86,3 +86,12 @@ def test_ssim_is_differentiable_as_a_loss():
   assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).sum() > 0
   # A step down the gradient raises the SSIM.
   assert float(iq.ssim(y - 0.5 * g, x)[0]) > float(iq.ssim(y, x)[0])
+
+
+def test_ssim_equals_scikit_image():
+  from skimage.metrics import structural_similarity
+  x, y = _images(seed=4, shape=(3, 32, 32, 3))
+  expected = [structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True,
+                                    sigma=1.5, use_sample_covariance=False)
+              for a, b in zip(x.astype(np.float64), y.astype(np.float64))]
+  np.testing.assert_allclose(iq.ssim(x, y), expected, atol=1e-5)

@@ -48,6 +48,9 @@ def test_cache_holds_the_encoded_splits_and_resumes(autoencoder_run, tmp_path, m
   expected = np.asarray(first.encode_fn(jnp.asarray(x))) * manifest["scale_factor"]
   np.testing.assert_allclose(np.stack([source[0]["image"], source[700]["image"]]), expected,
                              rtol=1e-5, atol=1e-6)
+  # Decoding the cache is decoding the encoded images (the round trip of an LDM sample) ...
+  np.testing.assert_allclose(first.decode_fn(jnp.asarray(source.latents[np.array([0, 700])])),
+                             first.decode_fn(first.encode_fn(jnp.asarray(x))), atol=1e-5)
   # ... and the scale makes the train latents unit-variance (LDM's scale_by_std).
   np.testing.assert_allclose(np.std(source.latents) * source.scale_factor, 1.0, rtol=1e-5)
   # The float records pass the pipeline as they are.
