@@ -26,6 +26,7 @@ POINTS = {
     "shard.before_rename": "a sweep shard is written to its temporary name, not renamed",
     "manifest.before_rename": "the sweep manifest's new version is written, not renamed",
     "scores.before_rename": "a filter's scores of one shard are written, not renamed",
+    "latents.before_rename": "a latent cache shard is written to its temporary name, not renamed",
 }
 
 _hits: dict[str, int] = {}

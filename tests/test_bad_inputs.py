@@ -814,8 +814,8 @@ def _(ctx):
 
 # -- train_diffusion
 
-def diffusion(ctx: Ctx, *overrides) -> list:
-  return ["--config", "configs/diffusion.py", "--workdir", ctx.workdir,
+def diffusion(ctx: Ctx, *overrides, variant: str = "unet") -> list:
+  return ["--config", f"configs/diffusion.py:{variant}", "--workdir", ctx.workdir,
           *merged(UNET_TINY, overrides)]
 
 
@@ -849,6 +849,54 @@ def _(ctx):
   return Bad(diffusion(ctx, "--config.diffusion.condition=class_group"),
              ("config key 'diffusion.condition' = 'class_group' needs group ids",
               "{split}_groups", "set diffusion.condition=class"))
+
+
+# -- train_autoencoder and latent diffusion
+
+def autoencoder(ctx: Ctx, *overrides) -> list:
+  return ["--config", "configs/autoencoder.py:vq:tiny", "--workdir", ctx.workdir,
+          "--config.data.threads=1", *overrides]
+
+
+@case("autoencoder_factor_does_not_divide")
+def _(ctx):
+  return Bad(autoencoder(ctx, "--config.model.channels=(4,8,8,8)", "--config.model.norm_groups=4"),
+             ("'model.channels'", "downsample by 8, which must divide the 12x12 images"))
+
+
+@case("autoencoder_lpips_without_weights")
+def _(ctx):
+  return Bad(autoencoder(ctx, "--config.loss.lpips_weight=1.0", "--config.data.image_size=16"),
+             ("'loss.lpips_weight'", "set loss.lpips_backbone", "or lpips_weight=0"))
+
+
+@case("autoencoder_lpips_weights_missing")
+def _(ctx):
+  return Bad(autoencoder(ctx, "--config.loss.lpips_weight=1.0", "--config.data.image_size=16",
+                         f"--config.loss.lpips_backbone={ctx.tmp / 'vgg16.pth'}",
+                         f"--config.loss.lpips_lin={ctx.tmp / 'vgg.pth'}"),
+             ("'loss.lpips_backbone'", "vgg16.pth", "no such file"))
+
+
+@case("autoencoder_ssim_on_tiny_images")
+def _(ctx):
+  return Bad(autoencoder(ctx, "--config.data.image_size=8", "--config.model.channels=(8,16)"),
+             ("'loss.ssim_weight'", "SSIM needs images of at least 11 px", "set 0"))
+
+
+@case("ldm_autoencoder_run_missing")
+def _(ctx):
+  return Bad(diffusion(ctx, f"--config.latent.autoencoder_run={ctx.tmp / 'nowhere'}",
+                       variant="ldm"),
+             ("config key 'latent.autoencoder_run'", "does not exist",
+              "--workdir of a train_autoencoder run"))
+
+
+@case("ldm_autoencoder_run_is_a_diffusion_run")
+def _(ctx):
+  run = ctx.diffusion_run()
+  return Bad(diffusion(ctx, f"--config.latent.autoencoder_run={run}", variant="ldm"),
+             ("train_autoencoder",), reads=(run,))
 
 
 # -- sample
@@ -1200,5 +1248,5 @@ def test_corpus_covers_at_least_25_kinds_on_every_task():
   names = list(CASES)
   assert len(names) >= 25
   for prefix in ("config_", "npz_", "folder_", "synthetic_", "evaluate_", "diffusion_",
-                 "sample_", "workdir_", "filter_"):
+                 "sample_", "workdir_", "filter_", "autoencoder_", "ldm_"):
     assert any(n.startswith(prefix) for n in names), prefix

@@ -168,6 +168,7 @@ def build_cache(cache_dir: str, autoencoder: Autoencoder, data_cfg, seed: int,
       continue
     encode = autoencoder.encode_fn
     os.makedirs(os.path.join(cache_dir, split), exist_ok=True)
+    files.remove_stale_temporaries(os.path.join(cache_dir, split))   # a killed run's leftovers
     norm = None
     for start in range(done, len(source), SHARD_SIZE):
       stop = min(start + SHARD_SIZE, len(source))
@@ -187,7 +188,8 @@ def build_cache(cache_dir: str, autoencoder: Autoencoder, data_cfg, seed: int,
         arrays["groups"] = source.groups[start:stop]
       name = shard_filename(len(entry["shards"]))
       payload = npz_bytes(arrays)
-      files.atomic_write(os.path.join(cache_dir, split, name), payload)
+      files.atomic_write(os.path.join(cache_dir, split, name), payload,
+                         fault="latents.before_rename")
       entry["shards"].append({"file": name, "count": stop - start,
                               "sha256": hashlib.sha256(payload).hexdigest()})
       _write_manifest(cache_dir, manifest)

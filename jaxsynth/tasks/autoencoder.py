@@ -125,8 +125,12 @@ def build_setup(config) -> Setup:
       raise _bad("loss.lpips_weight", config.loss.lpips_weight,
                  f"LPIPS-{net} needs images of at least {MIN_SIZE[net]} px ({shape[0]} px here); "
                  "set 0 or use larger images")
-    perceptual = load_lpips(config.loss.lpips_backbone, config.loss.lpips_lin,
-                            config.loss.lpips_net)
+    for key in ("lpips_backbone", "lpips_lin"):
+      if not os.path.isfile(config.loss[key]):
+        raise _bad(f"loss.{key}", config.loss[key], "no such file; give the .safetensors or "
+                   ".pth weights (torchvision's backbone state dict for lpips_backbone, the lpips "
+                   "package's weights/v0.1/<net>.pth for lpips_lin)")
+    perceptual = load_lpips(config.loss.lpips_backbone, config.loss.lpips_lin, net)
   return Setup(train, model, mesh, shape, steps_per_epoch, total, mean, std, perceptual)
 
 

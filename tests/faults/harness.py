@@ -30,7 +30,7 @@ from jaxsynth import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KILLED = -signal.SIGKILL
-TIMING_KEYS = ("train/steps_per_s", "images_per_s")   # wall-clock figures: never compared
+TIMING_KEYS = ("train/steps_per_s", "images_per_s", "decode")   # wall-clock figures: never compared
 
 # Tiny runs: 8 px digits, seconds per run on 2 cores.
 CLASSIFIER_ARGS = (
@@ -49,6 +49,34 @@ DIFFUSION_ARGS = (
     "--config.train.steps=6", "--config.train.log_every=1", "--config.train.eval_every=2",
     "--config.train.checkpoint_every=2", "--config.train.sample_every=6",
     "--config.train.keep_checkpoints=2")
+
+
+# A VQ autoencoder with every kind of state: EMA-free codebook, usage statistics, dead-code
+# restarts (every 2 steps) and the PatchGAN critic (from step 2).
+AUTOENCODER_ARGS = (
+    "--config", "configs/autoencoder.py:vq:tiny", "--config.data.threads=2",
+    "--config.loss.disc_weight=0.8", "--config.loss.disc_start=2",
+    "--config.train.restart_threshold=0.0615", "--config.train.steps=6",
+    "--config.train.checkpoint_every=2", "--config.train.eval_every=2",
+    "--config.train.keep_checkpoints=2", "--config.train.log_every=1")
+
+
+def ldm_args(autoencoder_dir: str) -> tuple[str, ...]:
+  """A tiny UNet on the latents of the autoencoder run (a 2-shard train cache, 1 val shard)."""
+  unet = [a for a in DIFFUSION_ARGS[2:] if not a.startswith("--config.data.image_size")]
+  return ("--config", "configs/diffusion.py:ldm", f"--config.latent.autoencoder_run={autoencoder_dir}",
+          "--config.latent.checkpoint=latest", "--config.data.image_size=12", *unet)
+
+
+def ldm_outcome(workdir: str) -> dict:
+  """A latent diffusion run's training outcome plus its latent cache (manifest and shards)."""
+  out = training_outcome(workdir)
+  cache = os.path.join(workdir, "latents")
+  out["latents/manifest.json"] = _json_file(os.path.join(cache, "manifest.json"))
+  for path in sorted(glob.glob(os.path.join(cache, "*", "shard-*.npz"))):
+    with open(path, "rb") as f:
+      out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
 
 
 def sample_args(run_dir: str) -> tuple[str, ...]:
@@ -334,6 +362,20 @@ CASES = {
         "recipe", lambda inputs: RECIPE_ARGS, recipe_outcome,
         ("checkpoint.save_in_flight", "loop.after_checkpoint", "task.before_metrics",
          "shard.before_rename", "manifest.before_rename", "file.before_rename")),
+    "train_autoencoder": TaskCase(
+        "train_autoencoder", lambda inputs: AUTOENCODER_ARGS, training_outcome,
+        ("checkpoint.save_in_flight", "checkpoint.before_commit", "checkpoint.prune",
+         "loop.between_best_and_latest", "loop.after_checkpoint", "task.before_metrics",
+         "file.before_rename")),
+    "ldm": TaskCase(
+        "ldm", lambda inputs: ldm_args(inputs["train_autoencoder"]), ldm_outcome,
+        ("latents.before_rename", "checkpoint.save_in_flight", "loop.after_checkpoint",
+         "task.before_metrics", "file.before_rename"),
+        needs=("train_autoencoder",)),
+    "ldm_sample": TaskCase(
+        "ldm_sample", lambda inputs: sample_args(inputs["ldm"]), sweep_outcome,
+        ("shard.before_rename", "manifest.before_rename", "file.before_rename"),
+        needs=("ldm",), samples=60),
     # IOIS: the online stage's own loop (guided shards, a checkpoint per epoch, epoch.json)
     "online_recipe": TaskCase(
         "online_recipe", lambda inputs: ONLINE_ARGS,

@@ -21,6 +21,12 @@ KILL_CHAINS = [
     # The recipe: killed inside the baseline stage (before its metrics), then inside the
     # augmented stage's training (the generator and sample stages are done by then).
     ("recipe", ["point:task.before_metrics@2", "point:loop.after_checkpoint@2"]),
+    # The autoencoder: killed while a checkpoint is in flight (codebook statistics, critic).
+    ("train_autoencoder", ["point:checkpoint.save_in_flight@2"]),
+    # Latent diffusion: killed writing the second train shard of its latent cache, then while
+    # a checkpoint of the denoiser is in flight; its sweep, writing the second decoded shard.
+    ("ldm", ["point:latents.before_rename@2", "point:checkpoint.save_in_flight@2"]),
+    ("ldm_sample", ["point:shard.before_rename@2"]),
     # IOIS: killed writing epoch 2's guided shard (epoch 1's is the first), then, on the rerun,
     # right after epoch 2's classifier checkpoint (before its epoch.json).
     ("online_recipe", ["point:shard.before_rename@2", "point:loop.after_checkpoint@1"]),
