@@ -342,7 +342,7 @@ def _(ctx):
 @case("config_unknown_variant")
 def _(ctx):
   return Bad(["--config", "configs/diffusion.py:gan", "--workdir", ctx.workdir],
-             ("unknown configs/diffusion.py variant 'gan'", "use one of unet, dit, sample"))
+             ("unknown configs/diffusion.py variant 'gan'", "use one of unet, dit, ldm, sample"))
 
 
 @case("config_unknown_model")

@@ -236,13 +236,16 @@ def make_train_step(setup: Setup, config, tx, lr_schedule):
     params = optax.apply_updates(state.params, updates)
     model_state = new_model_state
     if restart_every:
+      # An EMA codebook lives in the statistics, and its quantizer has no parameters.
+      old_params = params["autoencoder"].get("quantizer", {})
       q_params, q_stats, restarted = ae.restart_dead_codes(
-          params["autoencoder"]["quantizer"], model_state[ae.STATS]["autoencoder"]["quantizer"],
+          old_params, model_state[ae.STATS]["autoencoder"]["quantizer"],
           encoded.reshape(-1, encoded.shape[-1]), restart_key, threshold)
       due = (state.step + 1) % restart_every == 0
       pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(due, a, b), new, old)
-      params = dict(params, autoencoder=dict(params["autoencoder"], quantizer=pick(
-          q_params, params["autoencoder"]["quantizer"])))
+      if old_params:
+        params = dict(params, autoencoder=dict(params["autoencoder"],
+                                               quantizer=pick(q_params, old_params)))
       stats = model_state[ae.STATS]
       model_state = {ae.STATS: dict(stats, autoencoder=dict(stats["autoencoder"], quantizer=pick(
           q_stats, stats["autoencoder"]["quantizer"])))}
