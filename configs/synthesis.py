@@ -4,6 +4,10 @@ on real + synthetic data, and compare it with the baseline trained on the real d
   python -m jaxsynth.main --config configs/synthesis.py:augment --workdir runs/augment
   python -m jaxsynth.main --config configs/synthesis.py:augment_tiny --workdir /tmp/aug
 
+Variants: `augment_ldm`, `pretrain_finetune_ldm` and `diffupt_ldm` (each also `_tiny`) are those
+recipes with a latent diffusion generator: set `generator.latent.autoencoder_run` to a finished
+`train_autoencoder` run on the same data keys.
+
 Variants: `augment` (ResNet-18 on the long-tailed digits, a 16 px UNet generator) and
 `augment_tiny` (seconds; what the tests run). Keys:
   data, seed, mesh            shared by every stage (the real data set)
@@ -105,6 +109,10 @@ from jaxsynth.synthesis.filters import filter_config
 VARIANTS = ("augment", "augment_tiny", "equal_scale", "equal_scale_tiny")
 VARIANTS += ("pretrain_finetune", "pretrain_finetune_tiny", "diffupt", "diffupt_tiny")
 VARIANTS += ("online", "online_tiny", "offline", "offline_tiny")
+#: Latent diffusion generators: the recipe's generator denoises the cached latents of a finished
+#: train_autoencoder run (generator.latent.autoencoder_run, configs/autoencoder.py).
+LDM_RECIPES = ("augment", "pretrain_finetune", "diffupt")
+VARIANTS += tuple(f"{name}_ldm{tiny}" for name in LDM_RECIPES for tiny in ("", "_tiny"))
 #: The grouped data set of `equal_scale` (../shared/data/README.md): HAM10000 at 64 px, groups =
 #: acquisition site (4 sites, train 2769 / 2362 / 1589 / 311). The config loads without it.
 HAM10000 = "../shared/data/ham10000_64.npz"
@@ -118,7 +126,7 @@ def get_config(variant: str | None = None):
                      f"{', '.join(VARIANTS)}")
   config = default.get_config("classifier")
   config.task = "recipe"
-  config.recipe.name = variant.removesuffix("_tiny")
+  config.recipe.name = variant.removesuffix("_tiny").removesuffix("_ldm")
   config.recipe.classifier = "ce"
   config.recipe.generator_workdir = ""
   config.recipe.baseline_workdir = ""
@@ -144,6 +152,8 @@ def get_config(variant: str | None = None):
                    checkpoint_every=3, sample_every=0, keep_checkpoints=2)
     g.sample.update(num_steps=5, shard_size=64, batch_size=32, budget="counts",
                     class_counts=(4,) * 10)
+  if variant.removesuffix("_tiny").endswith("_ldm"):
+    latent_generator(config)
   if config.recipe.name == "equal_scale":
     equal_scale(config, tiny=variant.endswith("_tiny"))
   if config.recipe.name in ("pretrain_finetune", "diffupt"):
@@ -151,6 +161,15 @@ def get_config(variant: str | None = None):
   if config.recipe.name in ("online", "offline"):
     iois(config, tiny=variant.endswith("_tiny"))
   return config
+
+
+def latent_generator(config) -> None:
+  """*_ldm variants: the generator is a latent diffusion model over a finished autoencoder run's
+  latents (its train and val splits are encoded once into the generator's WORKDIR/latents)."""
+  config.generator.latent = latent = ml_collections.ConfigDict()
+  latent.autoencoder_run = ""            # the train_autoencoder --workdir (required), trained
+  #                                        on the recipe's data keys
+  latent.checkpoint = "best"             # best (highest val PSNR) | latest
 
 
 def equal_scale(config, tiny: bool) -> None:

@@ -1,6 +1,7 @@
 """Latent caching and latent diffusion: a tiny VQ autoencoder's latents are cached (resumably,
-checked against the weights and data they came from), a UNet trains on them, and a sweep
-decodes its samples into the usual image shards."""
+checked against the weights and data they came from); a recipe's LDM generator trains on them
+and its sweep decodes the samples into the usual image shards. (SIGKILL and resume of both:
+tests/faults, cases ldm and ldm_sample.)"""
 
 import json
 import os
@@ -16,7 +17,6 @@ from jaxsynth.data.sources import open_source
 from jaxsynth.errors import DataError
 from jaxsynth.synthesis import latents
 from jaxsynth.tasks.autoencoder import train_autoencoder
-from jaxsynth.tasks.diffusion import train_diffusion
 from jaxsynth.tasks.sample import sample
 
 
@@ -91,37 +91,43 @@ def test_cache_refuses_other_weights_other_data_and_damage(autoencoder_run, tmp_
     latents.LatentSource(cache, "val")
 
 
-def test_latent_diffusion_trains_on_latents_and_the_sweep_decodes(autoencoder_run, tmp_path):
-  run_dir, ae_config = autoencoder_run
-  config = diffusion_configs.get_config("ldm")
-  config.data.update(image_size=12, threads=2)
-  config.latent.update(autoencoder_run=run_dir, checkpoint="latest")
-  config.model.unet.update(channels=(16, 32), res_blocks=1, attn_resolutions=(), head_dim=8,
-                           norm_groups=8, mid_attention=False)
-  config.diffusion.update(num_timesteps=100, sample_steps=3, grid_per_class=1, val_batches=1)
-  config.train.update(batch_size=16, eval_batch_size=32, steps=4, log_every=2, eval_every=2,
-                      checkpoint_every=2, sample_every=4)
-  ldm_dir = str(tmp_path / "ldm")
-  results = train_diffusion(config, ldm_dir)
-  assert np.isfinite(results["val"]["loss"])
-  cache = json.load(open(os.path.join(ldm_dir, "latents", "manifest.json")))
-  assert cache["latent_shape"] == [6, 6, 3] and set(cache["splits"]) == {"train", "val"}
-  assert os.listdir(os.path.join(ldm_dir, "grids")) == ["step-000004.png"]
-
-  sweep = diffusion_configs.get_config("sample")
-  sweep.sample.update(run_dir=ldm_dir, budget="counts", class_counts=(2, 0, 0, 0, 0, 0, 0, 0, 0, 1),
-                      num_steps=3, batch_size=2)
-  metrics = sample(sweep, str(tmp_path / "sweep"))
-  assert metrics["samples"] == 3 and metrics["decode"]["images"] == 2   # after the first batch
-  manifest = json.load(open(os.path.join(tmp_path, "sweep", "samples", "manifest.json")))
-  assert manifest["image_shape"] == [12, 12, 1]
-  assert manifest["latent"]["latent_shape"] == [6, 6, 3]
+def test_a_recipe_runs_with_a_latent_diffusion_generator(autoencoder_run, tmp_path):
+  from configs import synthesis as synthesis_configs
+  from jaxsynth.errors import ConfigError
+  from jaxsynth.tasks.recipe import recipe
+  run_dir, _ = autoencoder_run
+  config = synthesis_configs.get_config("augment_ldm_tiny")
+  config.data.image_size = 12                       # the autoencoder's images
+  with pytest.raises(ConfigError, match="generator.latent.autoencoder_run' is empty"):
+    recipe(config, str(tmp_path / "refused"))
+  config.generator.latent.update(autoencoder_run=run_dir, checkpoint="latest")
+  workdir = tmp_path / "recipe"
+  results = recipe(config, str(workdir))
+  assert "augmented" in json.dumps(results)
+  cache = json.load(open(workdir / "generator" / "latents" / "manifest.json"))
+  assert cache["latent_shape"] == [6, 6, 3]
+  # The sweep decoded the sampled latents into the usual image shards, the decoder timed apart.
+  manifest = json.load(open(workdir / "sample" / "samples" / "manifest.json"))
+  assert manifest["image_shape"] == [12, 12, 1] and manifest["latent"]["latent_shape"] == [6, 6, 3]
   assert manifest["latent"]["scale_factor"] == pytest.approx(cache["scale_factor"])
-  with np.load(os.path.join(tmp_path, "sweep", "samples", "shard-00000.npz")) as f:
-    assert f["images"].shape == (3, 12, 12, 1) and f["images"].dtype == np.uint8
+  with np.load(workdir / "sample" / "samples" / "shard-00000.npz") as f:
+    assert f["images"].shape[1:] == (12, 12, 1) and f["images"].dtype == np.uint8
+  sampled = json.load(open(workdir / "sample" / "metrics.json"))
+  # 40 samples in batches of 32: the first batch compiles the decoder (timed apart), the second
+  # (8 samples padded to 32 rows) is the timed one.
+  assert sampled["samples"] == 40 and sampled["decode"]["images"] == 32
+  assert os.path.exists(workdir / "report.md")
 
   # Decoding with other weights than the latents came from is refused.
   cache["autoencoder"]["params_sha256"] = "0" * 64
-  open(os.path.join(ldm_dir, "latents", "manifest.json"), "w").write(json.dumps(cache))
+  (workdir / "generator" / "latents" / "manifest.json").write_text(json.dumps(cache))
+  sweep = diffusion_configs.get_config("sample")
+  sweep.sample.update(run_dir=str(workdir / "generator"), budget="counts",
+                      class_counts=(1,) + (0,) * 9, num_steps=2, batch_size=1)
   with pytest.raises(DataError, match="is not the one .* was trained on"):
-    sample(sweep, str(tmp_path / "sweep2"))
+    sample(sweep, str(tmp_path / "sweep"))
+  online = synthesis_configs.get_config("online_tiny")
+  online.unlock()
+  online.generator.latent = config.generator.latent
+  with pytest.raises(ConfigError, match="latent diffusion generator .* not supported"):
+    recipe(online, str(tmp_path / "online"))

@@ -95,6 +95,10 @@ def _bad(key: str, value, fix: str) -> ConfigError:
 def check_recipe_config(config) -> None:
   """Raises ConfigError for a bad IOIS recipe key (recipe.budget < classes: aas_budgets')."""
   r, g = config.recipe, config.generator
+  if g.get("latent") is not None:
+    raise ConfigError("IOIS guides synthesis with the gradient of the classifier on the images; "
+                      "a latent diffusion generator (generator.latent) would need the decoder "
+                      "inside the guided sampler, which is not supported: use a pixel generator")
   if not isinstance(r.epochs, int) or r.epochs < 1:
     raise _bad("recipe.epochs", r.epochs, "use a whole number of epochs >= 1")
   if not isinstance(r.budget, int) or r.budget < 1:

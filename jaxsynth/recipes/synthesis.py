@@ -51,8 +51,9 @@ def generator_seed(config) -> int:
 def generator_config(config):
   """The train_diffusion config: the recipe's real data, generator.seed, generator.* keys."""
   from configs import diffusion  # pylint: disable=import-outside-toplevel  (config files)
-  out = diffusion.get_config("unet")
-  for key in ("model", "train", "diffusion", "sample"):
+  latent = config.generator.get("latent")
+  out = diffusion.get_config("unet" if latent is None else "ldm")
+  for key in ("model", "train", "diffusion", "sample") + (("latent",) if latent is not None else ()):
     out[key] = config.generator[key]
   out.seed, out.mesh, out.data = generator_seed(config), config.mesh, config.data
   out = out.copy_and_resolve_references()
@@ -75,6 +76,11 @@ def check_config(config) -> None:
   if config.recipe.name not in RECIPES:
     raise ConfigError(f"config key 'recipe.name' has bad value {config.recipe.name!r} for task "
                       f"recipe; use one of {', '.join(RECIPES)}")
+  latent = config.generator.get("latent")
+  if latent is not None and not latent.autoencoder_run:
+    raise ConfigError("config key 'generator.latent.autoencoder_run' is empty: a latent diffusion "
+                      "generator needs a finished train_autoencoder run (configs/autoencoder.py) "
+                      "on the recipe's data keys")
   features = config.recipe.get("report_features", "")
   if features not in ("", "none"):   # checked now, not after every stage has run
     from jaxsynth.metrics.features import check_spec  # pylint: disable=import-outside-toplevel
@@ -187,6 +193,11 @@ def report_extras(config, workdir: str, pipe: Pipeline, spec: Recipe, table: dic
   paths = tuple(stage.config.data.synthetic.paths) if stage.config is not None else ()
   synthetic = recipe_report.synthetic_set(paths)
   generator = None
+  latent = config.generator.get("latent")
+  if latent is not None and not latent.autoencoder_run:
+    raise ConfigError("config key 'generator.latent.autoencoder_run' is empty: a latent diffusion "
+                      "generator needs a finished train_autoencoder run (configs/autoencoder.py) "
+                      "on the recipe's data keys")
   features = config.recipe.get("report_features", "") or \
       f"classifier:{os.path.abspath(pipe.dir(spec.baseline_stage))}"
   if synthetic is not None and len(synthetic) > 1 and features != "none":
