@@ -26,8 +26,10 @@ GAP = 2         # white pixels after each tile (right and below)
 PAD = 6
 WHITE, BLACK, GREY, LIGHT = (255, 255, 255), (0, 0, 0), (110, 110, 110), (225, 225, 225)
 EMPTY_TILE = 240  # grey level of the slots of a row with fewer than `per_class` images
+# matplotlib's tab10 then two more, so a chart of up to 12 series repeats no colour.
 SERIES_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
-                 (148, 103, 189), (140, 86, 75))
+                 (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
+                 (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 0, 0))
 BAR_H, GROUP_GAP, PLOT_W, MAX_NAME = 14, 10, 420, 32
 
 
