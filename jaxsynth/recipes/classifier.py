@@ -406,12 +406,7 @@ def train_plan(config, setup: Setup, plan: Plan, directory: str, out_dir: str | 
       setup.train, config.data, global_batch=config.train.batch_size, seed=config.seed,
       start_step=start, num_steps=setup.total_steps, process_index=jax.process_index(),
       process_count=jax.process_count(), index_order=plan.index_order)
-  eval_every = config.train.eval_every or setup.steps_per_epoch
-  settings = LoopSettings(total_steps=setup.total_steps, log_every=config.train.log_every,
-                          eval_every=eval_every,
-                          checkpoint_every=config.train.checkpoint_every or eval_every,
-                          select_metric=config.train.select_metric,
-                          select_mode=config.train.select_mode)
+  settings = LoopSettings.from_train_config(config.train, setup.total_steps, setup.steps_per_epoch)
   writer = MetricWriter(directory, resume_step=start)
 
   def preview(local_batch):

@@ -10,8 +10,9 @@ The loss (VQGAN, Esser et al. 2021, eq. 4-7; LDM's KL variant):
   lambda = ||grad_W L_AE'|| / (||grad_W L_G|| + 1e-4), clipped to [0, 1e4]  (eq. 7; W = the
   decoder's last layer, L_AE' = L_AE without the adversarial term);
 the critic minimises the hinge loss 0.5 (mean relu(1 - D(x)) + mean relu(1 + D(x^))). SSIM is
-computed on the images mapped back to [0, 1], LPIPS on them in [-1, 1] as RGB. One forward pass gives both L_AE' and L_G; their
-gradients come from two pullbacks of it, so lambda costs a second backward, not a second model.
+computed on the images mapped back to [0, 1], LPIPS on them in [-1, 1] as RGB. One forward
+pass gives both L_AE' and L_G; their gradients come from two pullbacks of it, so lambda costs a
+second backward, not a second model.
 
 VQ runs restart codes whose usage share fell below `train.restart_threshold` every
 `train.restart_every` steps onto random encoder outputs of the batch (0 = never).
@@ -379,12 +380,7 @@ def train_autoencoder(config, workdir: str, overwrite: bool = False,
       setup.train, config.data, global_batch=config.train.batch_size, seed=config.seed,
       start_step=start, num_steps=setup.total_steps, process_index=jax.process_index(),
       process_count=jax.process_count())
-  eval_every = config.train.eval_every or setup.steps_per_epoch
-  settings = LoopSettings(total_steps=setup.total_steps, log_every=config.train.log_every,
-                          eval_every=eval_every,
-                          checkpoint_every=config.train.checkpoint_every or eval_every,
-                          select_metric=config.train.select_metric,
-                          select_mode=config.train.select_mode)
+  settings = LoopSettings.from_train_config(config.train, setup.total_steps, setup.steps_per_epoch)
   writer = MetricWriter(workdir, resume_step=start)
   try:
     periodic = ()

@@ -299,12 +299,8 @@ def train_diffusion(config, workdir: str, overwrite: bool = False,
       setup.train, setup.data_cfg, global_batch=config.train.batch_size, seed=config.seed,
       start_step=start, num_steps=setup.total_steps, process_index=jax.process_index(),
       process_count=jax.process_count())
-  eval_every = config.train.eval_every or setup.steps_per_epoch
-  settings = LoopSettings(total_steps=setup.total_steps, log_every=config.train.log_every,
-                          eval_every=eval_every,
-                          checkpoint_every=config.train.checkpoint_every or eval_every,
-                          select_metric=config.train.select_metric if evaluate_fn else "",
-                          select_mode=config.train.select_mode)
+  settings = LoopSettings.from_train_config(config.train, setup.total_steps, setup.steps_per_epoch,
+                                           select=evaluate_fn is not None)
   writer = MetricWriter(workdir, resume_step=start)
   try:
     periodic = ()

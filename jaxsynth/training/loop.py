@@ -28,6 +28,18 @@ class LoopSettings:
   select_metric: str = ""
   select_mode: str = "max"
 
+  @classmethod
+  def from_train_config(cls, train_cfg, total_steps: int, steps_per_epoch: int,
+                        select: bool = True) -> "LoopSettings":
+    """`train.*`'s settings: validation every `eval_every` steps (0 = each epoch), checkpoints
+    every `checkpoint_every` (0 = at each validation), the best by `select_metric` (when
+    `select`, i.e. the run validates)."""
+    eval_every = train_cfg.eval_every or steps_per_epoch
+    return cls(total_steps=total_steps, log_every=train_cfg.log_every, eval_every=eval_every,
+               checkpoint_every=train_cfg.checkpoint_every or eval_every,
+               select_metric=train_cfg.select_metric if select else "",
+               select_mode=train_cfg.select_mode)
+
 
 class StopRequest:
   """Set by SIGTERM/SIGINT (or a test); the loop then checkpoints and stops between steps."""
