@@ -35,8 +35,8 @@ import optax
 
 from jaxsynth import config as config_lib
 from jaxsynth import files
-from jaxsynth.data import augment, pipeline
-from jaxsynth.data.base import ImageSource
+from jaxsynth.data import pipeline
+from jaxsynth.data.base import ImageSource, SubsetSource
 from jaxsynth.data.sources import open_source
 from jaxsynth.data.synthetic_format import npz_bytes, shard_filename
 from jaxsynth.errors import CheckpointError, DataError
@@ -169,18 +169,13 @@ def build_cache(cache_dir: str, autoencoder: Autoencoder, data_cfg, seed: int,
     encode = autoencoder.encode_fn
     os.makedirs(os.path.join(cache_dir, split), exist_ok=True)
     files.remove_stale_temporaries(os.path.join(cache_dir, split))   # a killed run's leftovers
-    norm = None
     for start in range(done, len(source), SHARD_SIZE):
       stop = min(start + SHARD_SIZE, len(source))
-      latents = []
-      for b in range(start, stop, batch_size):
-        idx = range(b, min(b + batch_size, stop))
-        images = [source.load_image(i) for i in idx]
-        norm = norm or augment.normalisation(data_cfg, shape[-1])
-        x = np.stack([augment.preprocess(im, data_cfg, None, norm) for im in images])
-        pad = batch_size - len(x)   # one compiled batch shape; the padding is dropped
-        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-        latents.append(np.asarray(encode(jnp.asarray(x)))[:len(idx)])
+      # The evaluation pipeline: every image once, preprocessed, padded to whole batches (one
+      # compiled batch shape; the padding rows are dropped by their mask).
+      part = SubsetSource(source, np.arange(start, stop))
+      latents = [np.asarray(encode(jnp.asarray(batch["image"])))[np.asarray(batch["mask"]) > 0]
+                 for batch in pipeline.eval_dataset(part, data_cfg, global_batch=batch_size)]
       arrays = {"latents": np.concatenate(latents).astype(np.float32),
                 "labels": source.labels[start:stop],
                 "index": np.arange(start, stop, dtype=np.int64)}
