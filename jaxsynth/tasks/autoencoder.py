@@ -301,6 +301,7 @@ def make_evaluate(config, setup: Setup):
   perceptual = make_perceptual(config, setup)
   num_codes = setup.model.autoencoder.num_codes if setup.is_vq else 0
   limit = int(config.train.val_batches)
+  with_ssim = min(setup.image_shape[:2]) >= SSIM_WINDOW   # the window must fit the image
 
   def evaluate(state) -> dict:
     sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
@@ -314,7 +315,7 @@ def make_evaluate(config, setup: Setup):
       unit_x, unit_r = to_unit(x, setup.mean, setup.std), to_unit(recon, setup.mean, setup.std)
       per_image = {"l1": np.mean(np.abs(np.asarray(recon - x)), axis=(1, 2, 3)),
                    "psnr": np.asarray(psnr(unit_r, unit_x))}
-      if min(setup.image_shape[:2]) >= SSIM_WINDOW:
+      if with_ssim:
         per_image["ssim"] = np.asarray(ssim(unit_r, unit_x))
       if perceptual is not None:
         per_image["lpips"] = np.asarray(perceptual(x, recon))
@@ -324,7 +325,7 @@ def make_evaluate(config, setup: Setup):
       if num_codes:
         used = np.asarray(indices)[mask > 0].reshape(-1)
         codes += np.bincount(used, minlength=num_codes)
-    measured = {"l1", "psnr"} | ({"ssim"} if min(setup.image_shape[:2]) >= SSIM_WINDOW else set())
+    measured = {"l1", "psnr"} | ({"ssim"} if with_ssim else set())
     measured |= {"lpips"} if perceptual is not None else set()
     results = {k: v / max(count, 1.0) for k, v in sums.items() if k in measured}
     if num_codes:
