@@ -40,7 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.classic_recipes import run_process, write_atomic  # noqa: E402  (after the path)
-from bench.synthesis_recipes import commit, machine_record, write_json_atomic  # noqa: E402
+from bench.synthesis_recipes import (  # noqa: E402  (one implementation each)
+    _read, commit, machine_record, write_json_atomic)
 
 OUT = os.path.join("docs", "results", "autoencoders")
 DOC = os.path.join("docs", "results", "autoencoders.md")
@@ -147,14 +148,6 @@ def command(args, name: str) -> list[str]:
                    f"--config.sample.run_dir={run_dir(args, name.removeprefix('sample_'))}",
                    *SAMPLE]
   raise KeyError(name)
-
-
-def _read(path: str):
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def finished(args, name: str) -> bool:
