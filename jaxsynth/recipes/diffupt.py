@@ -220,11 +220,12 @@ def _pipeline(config, workdir: str, tasks: dict, with_filter: bool) -> Pipeline:
 
 
 def pretrain_finetune_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
-  """[autoencoder ->] generator -> sample (recipe.ratio) -> baseline -> pretrain (synthetic only) -> finetune."""
+  """[autoencoder ->] generator -> sample (recipe.ratio) -> baseline -> pretrain (synthetic
+  only) -> finetune."""
   return _pipeline(config, workdir, tasks, with_filter=False)
 
 
 def diffupt_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
-  """[autoencoder ->] generator -> sample (guided, recipe.cfg_scale) -> baseline -> filter (recipe.filter;
-  none: no stage) -> pretrain (synthetic only) -> finetune."""
+  """[autoencoder ->] generator -> sample (guided, recipe.cfg_scale) -> baseline -> filter
+  (recipe.filter; none: no stage) -> pretrain (synthetic only) -> finetune."""
   return _pipeline(config, workdir, tasks, with_filter=True)

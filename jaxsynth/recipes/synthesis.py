@@ -235,13 +235,6 @@ def report_extras(config, workdir: str, pipe: Pipeline, spec: Recipe, table: dic
   paths = tuple(stage.config.data.synthetic.paths) if stage.config is not None else ()
   synthetic = recipe_report.synthetic_set(paths)
   generator = None
-  latent = config.generator.get("latent")
-  if latent is not None and not latent.autoencoder_run and \
-      config.generator.get("autoencoder") is None:
-    raise ConfigError("config key 'generator.latent.autoencoder_run' is empty: a latent diffusion "
-                      "generator needs a finished train_autoencoder run (configs/autoencoder.py) "
-                      "on the recipe's data keys, or generator.autoencoder.* keys to train one "
-                      "(the *_ldm variants of configs/synthesis.py have them)")
   features = config.recipe.get("report_features", "") or \
       f"classifier:{os.path.abspath(pipe.dir(spec.baseline_stage))}"
   if synthetic is not None and len(synthetic) > 1 and features != "none":
