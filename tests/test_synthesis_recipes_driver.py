@@ -104,6 +104,29 @@ def test_commands_share_the_generator_and_the_ce_baseline(tmp_path):
   assert ("chula_rbc11", "ce", 0) in driver.dependencies("chula_rbc11", "best_classic", 0)
 
 
+def test_ldm_rows_run_the_autoencoder_then_the_ldm_and_reuse_both(tmp_path):
+  args = _args(tmp_path, "--sets", "breastmnist", "--rows", "augment_ldm,diffupt_ldm_classifier",
+               "--seeds", "0")
+  units = driver.work_units(args, driver.planned_cells(args))
+  rows = [u[1] for u in units]
+  assert rows.index("autoencoder_kl") < rows.index("generator_ldm") < rows.index("augment_ldm")
+  ae = driver.run_dir(args.runs, "breastmnist", "autoencoder_kl", 0)
+  assert driver.build_command(args, "breastmnist", "autoencoder_kl", 0)[4] == \
+      "configs/autoencoder.py:kl"
+  own = driver.build_command(args, "breastmnist", "generator_ldm", 0)
+  assert f"--config.latent.autoencoder_run={ae}" in own and "configs/diffusion.py:ldm" in own
+  for row in ("augment_ldm", "diffupt_ldm_classifier"):
+    cmd = driver.build_command(args, "breastmnist", row, 0)
+    assert f"--config.generator.latent.autoencoder_run={ae}" in cmd
+    gen = driver.run_dir(args.runs, "breastmnist", "generator_ldm", 0)
+    assert f"--config.recipe.generator_workdir={gen}" in cmd
+    under = [a.replace("--config.generator.", "--config.") for a in cmd
+             if a.startswith(("--config.generator.model", "--config.generator.train",
+                              "--config.generator.diffusion"))]
+    assert under and all(a in own for a in under)
+  assert "--config.recipe.filter=classifier" in cmd and "--config.recipe.pretrain_lr=0.001" in cmd
+
+
 def test_paired_comparison_and_noise(tmp_path):
   args = _args(tmp_path)
   for s, (a, b) in enumerate([(0.70, 0.60), (0.72, 0.61), (0.71, 0.62)]):
