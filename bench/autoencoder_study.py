@@ -69,10 +69,10 @@ SAMPLE = ("--config.sample.budget=counts", "--config.sample.class_counts=(200,20
           "--config.sample.cfg_scale=2.0", "--config.sample.batch_size=50",
           "--config.sample.shard_size=200", "--config.sample.dtype=auto")
 #: bench/sampler.py --latent: a KL autoencoder of factor 4 (LDM's kl-f4 widths) and the
-#: reference-sized UNet (attention at the latent's half size), batch 8, DDIM 50.
+#: reference-sized UNet (attention at its lowest level), batch 4, DDIM 50, float32.
 SPEED = ("--latent", "--ae", "kl", "--ae-channels", "128,256,512", "--ae-res-blocks", "2",
          "--latent-channels", "4", "--image-channels", "1", "--channels", "64,128,128",
-         "--batch", "8", "--steps", "50", "--reps", "2", "--forward-reps", "1",
+         "--batch", "4", "--steps", "50", "--reps", "1", "--forward-reps", "1",
          "--matmul-reps", "2", "--dtype", "float32")
 
 
