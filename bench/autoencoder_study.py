@@ -287,19 +287,35 @@ def render(args, cells: dict) -> str:
         f"{_f(val['l1'], 4)} | {' / '.join(_f(v, 2) for v in pc.get('psnr', []))} | "
         f"{' / '.join(_f(v) for v in pc.get('ssim', []))} | "
         f"{_f(val.get('codebook_usage'), 2)} | {c['metrics'].get('steps')} | {c['wall_s']:.0f} |")
-  lines += ["", "## Sampling speed: LDM against pixel diffusion at equal image size", "",
-            "| image px | latent | decode s / batch | LDM images/s (sampler + decode) | "
-            "pixel images/s | LDM / pixel |", "|---|---|---|---|---|---|"]
+  lines += ["", "## Sampling speed: LDM against pixel diffusion at equal image size", ""]
+  speeds = [cells[n] for n in ("speed_64", "speed_128") if n in cells]
+  if speeds and speeds[0].get("bench"):
+    b = speeds[0]["bench"]
+    lines += [
+        f"`bench/sampler.py --latent` (cells `speed_*`): DDIM {b['steps']} steps, batch "
+        f"{b['batch']}, float32, on {speeds[0]['machine'].get('cpu')} "
+        f"({speeds[0]['machine'].get('machine_class')}). The latent denoiser is a "
+        f"UNet of {b['params'] / 1e6:.1f} M parameters (channels 64/128/128, 2 res blocks, "
+        "attention at its lowest level) on the latents of a KL autoencoder with LDM's kl-f4 "
+        "widths (128/256/512, factor 4, random weights: only cost is measured). The pixel model "
+        "is the same UNet on the images, attending at the same level; both in one process, one "
+        "after the other, each beside a float32 matmul probe (its GFLOP/s in the cell). The "
+        "decoder is timed apart and added. Other runs may have shared the cores: the load "
+        "column is the 1-minute load average when the cell started (2 = both cores busy), and "
+        "the ratio, measured in one run, is the figure to read.", ""]
+  lines += ["| image px | latent | decode s / batch | LDM images/s (sampler + decode) | "
+            "pixel images/s | LDM / pixel | load |", "|---|---|---|---|---|---|---|"]
   for name in ("speed_64", "speed_128"):
     c = cells.get(name)
     if c is None:
-      lines.append(f"| {name.split('_')[1]} | not run yet | | | | |")
+      lines.append(f"| {name.split('_')[1]} | not run yet | | | | | |")
       continue
     lat = c["latent"]
     lines.append(f"| {lat['image_shape'][0]} | {'x'.join(map(str, lat['latent_shape']))} | "
                  f"{_f(lat['decode_s_median'])} | {_f(lat['images_per_s_end_to_end'])} | "
                  f"{_f(lat.get('pixel', {}).get('images_per_s'))} | "
-                 f"{_f(lat.get('latent_over_pixel_images_per_s'), 2)} |")
+                 f"{_f(lat.get('latent_over_pixel_images_per_s'), 2)} | "
+                 f"{_f(c.get('bench', {}).get('device', {}).get('load_avg_1min_at_start'), 1)} |")
   lines += ["", "## LDM against pixel DDPM on BreastMNIST 64 px: per-class KID", ""]
   kid = cells.get("kid")
   if kid is None:

@@ -74,6 +74,6 @@ def test_document_shows_the_cells_and_names_what_is_not_run(tmp_path):
   doc = open(tmp_path / "doc.md").read()
   assert "| kl | breastmnist_64 | 31.25 | 0.871 | 0.0312 | 30.50 / 31.50 | 0.860 / 0.875 |" in doc
   assert "| vq | busi_128 | not run yet |" in doc
-  assert "| 64 | 16x16x4 | 0.250 | 4.000 | 0.500 | 8.00 |" in doc
+  assert "| 64 | 16x16x4 | 0.250 | 4.000 | 0.500 | 8.00 | - |" in doc
   assert "| ldm | 0.0200 | benign 0.0100 |" in doc
   assert "- `pixel`: not run yet" in doc
