@@ -95,7 +95,39 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--sweep-reps", type=int, default=1, help="timed sampler calls per sweep point")
   p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--latent", action="store_true",
+                 help="latent diffusion: the denoiser runs on the latents of an autoencoder of "
+                      "factor --ae-factor (--image-size is the decoded image's), the decoder is "
+                      "timed apart, and the same denoiser on pixels is measured in the same run")
+  p.add_argument("--ae", default="kl", choices=("kl", "vq"), help="with --latent: autoencoder")
+  p.add_argument("--ae-channels", type=int_list, default=(128, 256, 512),
+                 help="with --latent: autoencoder channels per level (factor 2^(levels-1))")
+  p.add_argument("--ae-res-blocks", type=int, default=2)
+  p.add_argument("--latent-channels", type=int, default=4)
+  p.add_argument("--no-pixel", action="store_true",
+                 help="with --latent: skip the pixel-space denoiser of the same architecture")
   return p.parse_args(argv)
+
+
+def latent_args(args) -> argparse.Namespace:
+  """The denoiser's args over the latents: image size / f, latent channels; attention at the
+  same levels (its --attn-res are latent sizes)."""
+  factor = 2 ** (len(args.ae_channels) - 1)
+  if args.image_size % factor:
+    raise SystemExit(f"--image-size {args.image_size} is not a multiple of the autoencoder's "
+                     f"factor {factor} (--ae-channels has {len(args.ae_channels)} levels)")
+  out = argparse.Namespace(**vars(args))
+  out.image_size, out.image_channels = args.image_size // factor, args.latent_channels
+  return out
+
+
+def pixel_args(args) -> argparse.Namespace:
+  """The same denoiser on pixels at --image-size: attention resolutions scaled by f, so it
+  attends at the same levels as the latent denoiser (same parameters, f^2 more positions)."""
+  factor = 2 ** (len(args.ae_channels) - 1)
+  out = argparse.Namespace(**vars(args))
+  out.attn_res = tuple(r * factor for r in args.attn_res)
+  return out
 
 
 def model_config(args):
@@ -322,6 +354,66 @@ def reference_comparison(bench: Bench, point: dict) -> dict:
   return out
 
 
+class Decoder:
+  """The autoencoder's decoder (random weights: only its cost is measured), jitted per batch."""
+
+  def __init__(self, args):
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    from jaxsynth.models.autoencoder import autoencoder_model_config, make_autoencoder
+    cfg = autoencoder_model_config()
+    cfg.update(name=args.ae, channels=tuple(args.ae_channels), res_blocks=args.ae_res_blocks,
+               latent_channels=args.latent_channels, dtype=args.dtype,
+               norm_groups=min(32, min(args.ae_channels)))
+    self.cfg = ml_collections.ConfigDict(cfg)
+    self.model = make_autoencoder(cfg, args.image_channels).autoencoder
+    self.factor = 2 ** (len(args.ae_channels) - 1)
+    self.args = args
+    x = jnp.zeros((1, args.image_size, args.image_size, args.image_channels), jnp.float32)
+    self.params = jax.jit(self.model.init)(jax.random.PRNGKey(args.seed), x)
+
+  def timer(self, batch: int) -> tuple[Timer, float]:
+    """(a Timer of the compiled decode of `batch` latents, its compile seconds)."""
+    import jax
+    import jax.numpy as jnp
+    size = self.args.image_size // self.factor
+    z = jax.random.normal(jax.random.PRNGKey(2), (batch, size, size, self.args.latent_channels),
+                          jnp.float32)
+    fn = jax.jit(lambda p, z: self.model.apply(p, z, method=self.model.decode))
+    start = time.perf_counter()
+    compiled = fn.lower(self.params, z).compile()
+    return Timer(compiled, self.params, z), time.perf_counter() - start
+
+
+def measure_latent(args, probes: dict, point: dict) -> dict:
+  """The decoder's time per batch (timed apart from the latent sampler), images/s end to end,
+  and, unless --no-pixel, the same denoiser sampling pixels at --image-size in this run."""
+  decoder = Decoder(args)
+  timer, compile_s = decoder.timer(args.batch)
+  timer.rep()                                          # warm-up, not recorded
+  timer.times.clear(), timer.cpu_times.clear()
+  for _ in range(args.reps):
+    timer.rep()
+  decode_s = timer.median()
+  out = {"autoencoder": decoder.cfg.to_dict(), "factor": decoder.factor,
+         "latent_shape": [args.image_size // decoder.factor] * 2 + [args.latent_channels],
+         "image_shape": [args.image_size, args.image_size, args.image_channels],
+         "decode_compile_s": compile_s, "decode_s_median": decode_s,
+         "decode_seconds": list(timer.times), "decode_images_per_s": args.batch / decode_s,
+         "sampler_images_per_s": point["images_per_s"],
+         "images_per_s_end_to_end": args.batch / (point["sampler_s_median"] + decode_s)}
+  if not args.no_pixel:
+    log(f"the same denoiser on pixels at {args.image_size} px ...")
+    pixel = measure(Bench(pixel_args(args)), probes, args.batch, args.steps, args.reps)
+    out["pixel"] = {k: pixel[k] for k in ("images_per_s", "sampler_s_median", "seconds",
+                                          "forward_ms", "matmul_gflops")}
+    out["pixel"]["attn_res"] = list(pixel_args(args).attn_res)
+    out["latent_over_pixel_images_per_s"] = (out["images_per_s_end_to_end"]
+                                             / pixel["images_per_s"])
+  return out
+
+
 def run(args) -> dict:
   """Runs every measurement and returns the result object."""
   os.environ["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), args.xla_flags)
@@ -338,7 +430,7 @@ def run(args) -> dict:
             "versions": {"jax": jax.__version__, "flax": flax.__version__,
                          "python": platform.python_version()}}
   log("building the model and counting FLOPs ...")
-  bench = Bench(args)
+  bench = Bench(latent_args(args) if args.latent else args)
   result["model_config"] = bench.cfg.to_dict()
   result["params"] = bench.params_count
   result["precision"] = jnp.dtype(getattr(bench.model, "dtype", args.dtype)).name
@@ -371,6 +463,8 @@ def run(args) -> dict:
       probe.rep()
   point = measure(bench, probes, args.batch, args.steps, args.reps)
   result.update(point)
+  if args.latent:
+    result["latent"] = measure_latent(args, probes, point)
   result["matmul_size"] = args.matmul_size
   result["reference"] = reference_comparison(bench, point)
   if args.sweep:

@@ -113,12 +113,24 @@ SAMPLE = ("--config.generator.sample.sampler=ddim", "--config.generator.sample.n
 #: seed 0's fine-tune ended at train accuracy 0.77 (CE: 1.00). The study pretrains at CE's rate and
 #: fine-tunes at a tenth of it, the usual transfer ratio (configs/default.py's values).
 DIFFUPT_LRS = ("--config.recipe.pretrain_lr=0.001", "--config.recipe.finetune_lr=0.0001")
+#: The LDM rows' first stage (issue #14): a KL autoencoder of factor 2 (28 px <-> 14x14x4; factor
+#: 4 would give 7x7 latents, too small for a 2-level UNet).
+AUTOENCODER_MODEL = ("--config.model.channels=(32,64)", "--config.model.res_blocks=1",
+                     "--config.model.norm_groups=8", "--config.model.latent_channels=4")
+AUTOENCODER_TRAIN = ("--config.train.batch_size=32", "--config.train.steps=2000",
+                     "--config.train.eval_every=500", "--config.train.checkpoint_every=500",
+                     "--config.train.sample_every=1000", "--config.train.log_every=50")
+#: The LDM's denoiser: the pixel generator's lower two levels (64 channels at 14 and 7 px,
+#: attention at 7), on the 14x14 latents; val_batches as the recipes' generator keys have it.
+LDM_MODEL = ("--config.model.unet.channels=(64,64)", "--config.model.unet.res_blocks=1",
+             "--config.model.unet.head_dim=32", "--config.model.unet.norm_groups=8",
+             "--config.diffusion.val_batches=4")
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One row of the study: how its cells run and which cells' run directories they need."""
-  kind: str                  # generator | classic | synthesis
+  kind: str                  # autoencoder | generator | classic | synthesis
   variant: str = ""          # configs/<...>.py variant
   extra: tuple = ()          # more --config overrides
   needs: tuple = ()          # rows whose same-seed (or generator) run directories it reads
@@ -133,6 +145,10 @@ RATIOS = ("30-70", "40-60", "60-40", "70-30")
 ROWS = {
     "generator_unet": Row("generator", "unet", sets=ALL_SETS, seeds=(0,)),
     "generator_dit": Row("generator", "dit", sets=("breastmnist",), seeds=(0,)),
+    # latent diffusion (issue #14): the autoencoder, then the LDM on its latents
+    "autoencoder_kl": Row("autoencoder", "kl", sets=("breastmnist",), seeds=(0,)),
+    "generator_ldm": Row("generator", "ldm", needs=("autoencoder_kl",), sets=("breastmnist",),
+                         seeds=(0,)),
     "generator_cells": Row("generator", "unet", ("--config.diffusion.condition=class_group",),
                            sets=("chula_rbc11",), seeds=(0,)),
     "ce": Row("classic", "ce", sets=ALL_SETS),
@@ -158,9 +174,19 @@ ROWS = {
                     needs=("iois_offline",), generator="generator_unet", sets=ALL_SETS),
     "iois_ois_aas": Row("synthesis", "online", ("--config.recipe.aas=true",),
                         needs=("iois_offline",), generator="generator_unet", sets=ALL_SETS),
+    "augment_ldm": Row("synthesis", "augment_ldm", needs=("ce",), generator="generator_ldm",
+                       sets=("breastmnist",)),
+    "diffupt_ldm_classifier": Row("synthesis", "diffupt_ldm",
+                                  ("--config.recipe.filter=classifier",), needs=("ce",),
+                                  generator="generator_ldm", sets=("breastmnist",)),
     "equal_scale": Row("synthesis", "equal_scale", needs=("ce",), generator="generator_cells",
                        sets=("chula_rbc11",)),
 }
+
+
+#: The budget cut of the study's third session (docs/results/synthesis_recipes_notes.md): these
+#: ablation rows run seed 0 only outside BreastMNIST, so the remaining sets fit the CPU budget.
+ONE_SEED_OUTSIDE_BREAST = ("iois_ois", "pretrain_finetune", "diffupt_class_realism")
 
 
 def log(msg: str) -> None:
@@ -171,8 +197,12 @@ def row_sets(name: str) -> tuple:
   return ROWS[name].sets or MAIN_SETS
 
 
-def row_seeds(name: str, seeds) -> tuple:
-  return ROWS[name].seeds or tuple(seeds)
+def row_seeds(name: str, seeds, dataset: str = "breastmnist") -> tuple:
+  """The seeds row `name` runs on `dataset` (of --seeds unless the row fixes them)."""
+  out = ROWS[name].seeds or tuple(seeds)
+  if name in ONE_SEED_OUTSIDE_BREAST and dataset != "breastmnist":
+    out = tuple(s for s in out if s == 0)
+  return out
 
 
 def cell_path(cells: str, dataset: str, row: str, seed: int) -> str:
@@ -213,7 +243,7 @@ def classifier_overrides(args, dataset: str, prefix: str = "") -> list[str]:
 def generator_overrides(dataset: str, row: str, prefix: str = "") -> list[str]:
   """The generator's keys: under `generator.` in a recipe config, top level in its own run."""
   spec, r = SETS[dataset], ROWS[row]
-  out = list(DIT_MODEL if r.variant == "dit" else GENERATOR_MODEL)
+  out = list({"dit": DIT_MODEL, "ldm": LDM_MODEL}.get(r.variant, GENERATOR_MODEL))
   if r.variant != "dit":
     out.append(f"--config.model.unet.attn_resolutions=({spec.attention},)")
   out += list(GENERATOR_TRAIN) + [f"--config.train.steps={spec.generator_steps}"]
@@ -222,15 +252,28 @@ def generator_overrides(dataset: str, row: str, prefix: str = "") -> list[str]:
   return [x.replace("--config.", f"--config.{prefix}", 1) for x in out]
 
 
+def latent_overrides(args, dataset: str, generator: str, prefix: str = "") -> list[str]:
+  """An LDM generator's autoencoder run (the row it needs), under `prefix`; [] for the others."""
+  if ROWS[generator].variant != "ldm":
+    return []
+  (need,) = ROWS[generator].needs
+  return [f"--config.{prefix}latent.autoencoder_run={run_dir(args.runs, dataset, need, 0)}"]
+
+
 def build_command(args, dataset: str, row: str, seed: int) -> list[str]:
   """The argv of one cell, run from the repository root."""
   r = ROWS[row]
   workdir = run_dir(args.runs, dataset, row, seed)
   head = ["python", "-m", "jaxsynth.main"]
-  if r.kind == "generator":
-    return head + ["--config", f"configs/diffusion.py:{r.variant}", "--workdir", workdir,
+  if r.kind == "autoencoder":
+    return head + ["--config", f"configs/autoencoder.py:{r.variant}", "--workdir", workdir,
                    "--config.seed=0"] + data_overrides(args, dataset) + \
+        list(AUTOENCODER_MODEL) + list(AUTOENCODER_TRAIN)
+  if r.kind == "generator":
+    cmd = head + ["--config", f"configs/diffusion.py:{r.variant}", "--workdir", workdir,
+                  "--config.seed=0"] + data_overrides(args, dataset) + \
         generator_overrides(dataset, row)
+    return cmd + latent_overrides(args, dataset, row)
   if r.kind == "classic":
     recipe = r.variant or BEST_CLASSIC[dataset]
     cmd = head + ["--config", f"configs/recipes.py:{recipe},npz", "--workdir", workdir,
@@ -245,18 +288,20 @@ def build_command(args, dataset: str, row: str, seed: int) -> list[str]:
       classifier_overrides(args, dataset) + generator_overrides(dataset, r.generator, "generator.")
   cmd += ["--config.generator.seed=0",
           f"--config.recipe.generator_workdir={run_dir(args.runs, dataset, r.generator, 0)}"]
+  cmd += latent_overrides(args, dataset, r.generator, "generator.")
   cmd += list(SAMPLE)
   ce = run_dir(args.runs, dataset, "ce", seed)
-  if r.variant in ("augment", "diffupt", "equal_scale"):
+  variant = r.variant.removesuffix("_ldm")
+  if variant in ("augment", "diffupt", "equal_scale"):
     cmd.append(f"--config.recipe.baseline_workdir={ce}")
-  if r.variant == "augment":
+  if variant == "augment":
     cmd += ["--config.generator.sample.budget=balance",
             f"--config.generator.sample.per_class={spec.fill_to}"]
     if any("filter.name" in x for x in r.extra):
       cmd.append(f"--config.generator.sample.filter.classifier={ce}")
   if r.variant == "equal_scale":
     cmd.append(f"--config.recipe.target={spec.group_target}")
-  if r.variant == "diffupt":
+  if variant == "diffupt":
     cmd += [f"--config.recipe.pretrain_size={spec.pretrain_size}",
             "--config.recipe.cfg_scale=2.0"] + list(DIFFUPT_LRS)
   if r.variant in ("offline", "online"):
@@ -288,7 +333,7 @@ def planned_cells(args) -> list[tuple[str, str, int]]:
   for seed in seeds:
     for name in args.rows:
       for dataset in args.sets:
-        if dataset in row_sets(name) and seed in row_seeds(name, args.seeds):
+        if dataset in row_sets(name) and seed in row_seeds(name, args.seeds, dataset):
           out.append((dataset, name, seed))
   return out
 
@@ -367,6 +412,10 @@ def cell_result(args, dataset: str, row: str, seed: int) -> dict:
   out = {"set": dataset, "row": row, "seed": seed, "kind": r.kind}
   info = dataset_info(os.path.join(args.data_dir, (SETS[dataset].file or dataset) + ".npz"))
   out["class_names"], out["train_counts"] = info["class_names"], info["train_counts"]
+  if r.kind == "autoencoder":
+    out["autoencoder"] = {"steps": metrics.get("steps"), "val": metrics.get("val"),
+                          "latent_shape": metrics.get("latent_shape")}
+    return out
   if r.kind == "generator":
     log_lines = []
     try:
@@ -643,7 +692,14 @@ def render(args, cells: dict) -> str:
         lines.append(f"| {row} | {g.get('steps')} | {t} | {loss} | {rate} | "
                      f"`{cell['command']}` |")
       lines.append("")
-    rows = [r for r in args.rows if ROWS[r].kind != "generator"
+    for (_, row, _), cell in sorted(here.items()):
+      if cell.get("kind") == "autoencoder" and (cell.get("autoencoder") or {}).get("val"):
+        val = cell["autoencoder"]["val"]
+        lines += [f"LDM first stage `{row}`: {cell['autoencoder'].get('steps')} steps, latents "
+                  f"{cell['autoencoder'].get('latent_shape')}, validation PSNR "
+                  f"{val.get('psnr', float('nan')):.2f} dB, SSIM {val.get('ssim', float('nan')):.3f} "
+                  f"({cell.get('wall_s', 0) / 60:.0f} min): `{cell['command']}`", ""]
+    rows = [r for r in args.rows if ROWS[r].kind not in ("generator", "autoencoder")
             and any(k[1] == r and not c.get("error") for k, c in here.items())]
     names = class_names_of(cells, dataset)
     rare = rarest_classes(cells, dataset)

@@ -5,8 +5,11 @@ on real + synthetic data, and compare it with the baseline trained on the real d
   python -m jaxsynth.main --config configs/synthesis.py:augment_tiny --workdir /tmp/aug
 
 Variants: `augment_ldm`, `pretrain_finetune_ldm` and `diffupt_ldm` (each also `_tiny`) are those
-recipes with a latent diffusion generator: set `generator.latent.autoencoder_run` to a finished
-`train_autoencoder` run on the same data keys.
+recipes with a latent diffusion generator (configs/diffupt_ldm.py and configs/histo_ldm.py are
+the published sizes). Its autoencoder is trained by the recipe's first stage, `autoencoder`
+(generator.autoencoder.model / .train / .loss: configs/autoencoder.py's keys, KL by default),
+or taken from a finished `train_autoencoder` run on the same data keys
+(generator.latent.autoencoder_run=DIR; then no autoencoder stage runs).
 
 Variants: `augment` (ResNet-18 on the long-tailed digits, a 16 px UNet generator) and
 `augment_tiny` (seconds; what the tests run). Keys:
@@ -153,7 +156,7 @@ def get_config(variant: str | None = None):
     g.sample.update(num_steps=5, shard_size=64, batch_size=32, budget="counts",
                     class_counts=(4,) * 10)
   if variant.removesuffix("_tiny").endswith("_ldm"):
-    latent_generator(config)
+    latent_generator(config, tiny=variant.endswith("_tiny"))
   if config.recipe.name == "equal_scale":
     equal_scale(config, tiny=variant.endswith("_tiny"))
   if config.recipe.name in ("pretrain_finetune", "diffupt"):
@@ -163,13 +166,26 @@ def get_config(variant: str | None = None):
   return config
 
 
-def latent_generator(config) -> None:
-  """*_ldm variants: the generator is a latent diffusion model over a finished autoencoder run's
-  latents (its train and val splits are encoded once into the generator's WORKDIR/latents)."""
+def latent_generator(config, tiny: bool, autoencoder_name: str = "kl") -> None:
+  """*_ldm variants: the generator is a latent diffusion model over an autoencoder's latents
+  (the train and val splits are encoded once into the generator's WORKDIR/latents). The
+  autoencoder is a finished run (generator.latent.autoencoder_run) or, when that is empty,
+  trained by the recipe's first stage (WORKDIR/autoencoder) from generator.autoencoder.*."""
+  from configs import autoencoder  # pylint: disable=import-outside-toplevel
   config.generator.latent = latent = ml_collections.ConfigDict()
-  latent.autoencoder_run = ""            # the train_autoencoder --workdir (required), trained
-  #                                        on the recipe's data keys
+  latent.autoencoder_run = ""            # a finished train_autoencoder --workdir on the recipe's
+  #                                        data keys; "" = train one in stage `autoencoder`
   latent.checkpoint = "best"             # best (highest val PSNR) | latest
+  ae = autoencoder.get_config(autoencoder_name + (":tiny" if tiny else ""))
+  config.generator.autoencoder = keys = ml_collections.ConfigDict()
+  for key in ("model", "train", "loss"):  # configs/autoencoder.py's keys of that stage
+    keys[key] = ae[key]
+  if tiny:
+    config.data.image_size = ae.data.image_size   # 12 px: SSIM's 11 px window fits
+    keys.train.sample_every = 0
+  else:
+    # LDM's 16 px denoiser of 4x4 latents: attention at the latent's 4 px and in the middle
+    config.generator.model.unet.attn_resolutions = (4,)
 
 
 def equal_scale(config, tiny: bool) -> None:

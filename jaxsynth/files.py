@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import os
 import shutil
 import tempfile
+
+import numpy as np
 
 from jaxsynth import faults
 from jaxsynth.errors import StorageError
@@ -23,6 +26,11 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".tmp-"
 # Errors that mean "no room": a full disk, a quota, a file-size limit (ulimit -f).
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state, so two
+#: threads building ASTs at once (numpy parses every .npy header with ast.literal_eval) can fail
+#: with a spurious "SystemError: AST constructor recursion depth mismatch" (python/cpython
+#: #106905). It hit a study cell's reader threads; the error is transient, so reads retry it.
+AST_RACE = "AST constructor recursion depth mismatch"
 
 
 def free_bytes(path: str) -> int:
@@ -87,6 +95,20 @@ def atomic_write(path: str, data: bytes, fault: str = "file.before_rename") -> N
     _remove_quietly(tmp)
     raise
   _fsync_directory(directory)
+
+
+def read_npz(data: bytes, tries: int = 5) -> dict:
+  """{name: array} of every member of the .npz held in `data` (no pickles); a read that hits
+  CPython's AST race (AST_RACE) is tried again, up to `tries` times."""
+  for attempt in range(tries):
+    try:
+      with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+    except SystemError as e:
+      if AST_RACE not in str(e) or attempt == tries - 1:
+        raise
+      log.warning("reading an .npz hit CPython's AST race (%s); reading it again", e)
+  raise AssertionError("unreachable")
 
 
 def sha256_file(path: str) -> str:

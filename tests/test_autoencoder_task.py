@@ -46,6 +46,12 @@ def test_run_writes_metrics_logs_and_grids(uninterrupted):
   assert metrics["steps"] == STEPS and metrics["latent_shape"] == [6, 6, 3]
   val = metrics["val"]
   assert 0 < val["psnr"] < 60 and 0 < val["l1"] and -1 <= val["ssim"] <= 1
+  # per class: means over each label's images, weighted by their counts back to the overall mean
+  per_class, counts = val["per_class"], np.asarray(val["per_class"]["count"])
+  assert counts.sum() > 0 and len(counts) == 10
+  for key in ("psnr", "ssim", "l1"):
+    seen = [v for v, n in zip(per_class[key], counts) if n]
+    assert np.isclose(np.dot(seen, counts[counts > 0]) / counts.sum(), val[key])
   lines = [json.loads(l) for l in open(os.path.join(workdir, "log.jsonl"))]
   assert [l["step"] for l in lines if "val/psnr" in l] == [3, 6]
   train = [l for l in lines if "train/loss" in l]

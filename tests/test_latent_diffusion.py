@@ -97,13 +97,16 @@ def test_a_recipe_runs_with_a_latent_diffusion_generator(autoencoder_run, tmp_pa
   from jaxsynth.tasks.recipe import recipe
   run_dir, _ = autoencoder_run
   config = synthesis_configs.get_config("augment_ldm_tiny")
-  config.data.image_size = 12                       # the autoencoder's images
+  assert config.data.image_size == 12               # the autoencoder's images
+  bare = config.copy_and_resolve_references()
+  del bare.generator["autoencoder"]                 # neither a run nor keys to train one
   with pytest.raises(ConfigError, match="generator.latent.autoencoder_run' is empty"):
-    recipe(config, str(tmp_path / "refused"))
+    recipe(bare, str(tmp_path / "refused"))
   config.generator.latent.update(autoencoder_run=run_dir, checkpoint="latest")
   workdir = tmp_path / "recipe"
   results = recipe(config, str(workdir))
   assert "augmented" in json.dumps(results)
+  assert not (workdir / "autoencoder").exists()    # the given run is used, none is trained
   cache = json.load(open(workdir / "generator" / "latents" / "manifest.json"))
   assert cache["latent_shape"] == [6, 6, 3]
   # The sweep decoded the sampled latents into the usual image shards, the decoder timed apart.
@@ -131,3 +134,62 @@ def test_a_recipe_runs_with_a_latent_diffusion_generator(autoencoder_run, tmp_pa
   online.generator.latent = config.generator.latent
   with pytest.raises(ConfigError, match="latent diffusion generator .* not supported"):
     recipe(online, str(tmp_path / "online"))
+
+
+def _stage_tasks():
+  from jaxsynth.tasks import get_task
+  from jaxsynth.tasks.recipe import STAGE_TASKS
+  return {name: get_task(name) for name in STAGE_TASKS}
+
+
+def test_ldm_configs_train_their_autoencoder_then_sample_and_decode(tmp_path):
+  """configs/diffupt_ldm.py:tiny trains its autoencoder as the recipe's first stage, the LDM on
+  its latents, and decodes the sweep; configs/histo_ldm.py:dit:tiny's DiT (cosine schedule)
+  does the same over that autoencoder. The stages after the sweep are the pixel recipes'."""
+  from configs import diffupt_ldm, histo_ldm
+  from jaxsynth.recipes import synthesis
+  tasks = _stage_tasks()
+  workdir = tmp_path / "diffupt_ldm"
+  config = diffupt_ldm.get_config("tiny")
+  pipe = synthesis.pipeline(config, str(workdir), tasks)
+  assert list(pipe.stages)[:3] == ["autoencoder", "generator", "sample"]
+  assert pipe.stages["generator"].config.latent.autoencoder_run == \
+      os.path.abspath(workdir / "autoencoder")
+  pipe.run(only=("autoencoder", "generator", "sample"))
+  trained = json.load(open(workdir / "autoencoder" / "metrics.json"))
+  assert trained["val"]["psnr"] > 0
+  manifest = json.load(open(workdir / "sample" / "samples" / "manifest.json"))
+  assert manifest["image_shape"] == [12, 12, 1] and manifest["latent"]["latent_shape"] == [6, 6, 3]
+  assert pipe.status()["autoencoder"] == "done"   # a rerun skips the finished stages
+
+  config = histo_ldm.get_config("dit:tiny")
+  config.generator.latent.update(autoencoder_run=str(workdir / "autoencoder"),
+                                 checkpoint="latest")
+  pipe = synthesis.pipeline(config, str(tmp_path / "histo"), tasks)
+  assert "autoencoder" not in pipe.stages
+  generator = pipe.stages["generator"].config
+  assert generator.model.name == "dit" and generator.diffusion.schedule == "cosine"
+  pipe.run(only=("generator", "sample"))
+  with np.load(tmp_path / "histo" / "sample" / "samples" / "shard-00000.npz") as f:
+    assert f["images"].shape[1:] == (12, 12, 1) and f["images"].dtype == np.uint8
+
+
+@pytest.mark.parametrize("module,image_size,latent_shape", [
+    ("diffupt_ldm", 512, (32, 32, 16)), ("histo_ldm", 96, (24, 24, 4))])
+def test_published_ldm_configs_have_the_papers_latent_sizes(module, image_size, latent_shape):
+  """DiffuPT: 512 px <-> 32x32x16 (f = 16); histopathology: 96 px <-> 24x24x4 (f = 4); the
+  latent UNet's attention resolutions exist at that latent size (shapes only, nothing runs)."""
+  import importlib
+
+  import jax
+  from jaxsynth.models.autoencoder import make_autoencoder
+  config = importlib.import_module(f"configs.{module}").get_config()
+  assert config.data.image_size == image_size
+  model = make_autoencoder(config.generator.autoencoder.model, image_channels=3).autoencoder
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  z, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x,
+                                                         method=model.encode)[0], x)
+  assert tuple(z.shape[1:]) == latent_shape
+  unet = config.generator.model.unet
+  levels = [latent_shape[0] // 2 ** i for i in range(len(unet.channels))]
+  assert set(unet.attn_resolutions) <= set(levels)

@@ -125,3 +125,32 @@ def test_synthetic_set_with_other_classes_or_shape_is_refused(tmp_path):
   config.data.synthetic.paths = (small,)
   with pytest.raises(DataError, match=r"gives 6x6x1 images but the real train split gives 8x8x1"):
     classifier_lib.build_setup(config)
+
+
+def test_shard_reads_survive_cpython_ast_race_and_still_refuse_real_damage(tmp_path,
+                                                                         monkeypatch):
+  """CPython 3.11's AST race (a spurious SystemError while numpy parses a .npy header in a
+  reader thread) failed a study cell as a 'damaged shard': the read is retried instead."""
+  from jaxsynth import files
+  directory = str(tmp_path / "sweep")
+  labels = write_sweep(directory)
+  entry = synthetic_format.read_manifest(directory)["shards"][0]
+  real_load, failures = np.load, []
+
+  def racy_load(*args, **kwargs):
+    if len(failures) < 2:
+      failures.append(1)
+      raise SystemError(f"{files.AST_RACE} (before=75, after=72)")
+    return real_load(*args, **kwargs)
+
+  monkeypatch.setattr(np, "load", racy_load)
+  _, read_labels, _ = synthetic_format.read_shard(directory, entry, (8, 8, 1))
+  assert len(failures) == 2 and np.array_equal(read_labels, labels)
+  # Another SystemError, or the race on every try, is still an error: a damaged shard.
+  monkeypatch.setattr(np, "load", lambda *a, **k: (_ for _ in ()).throw(SystemError("other")))
+  with pytest.raises(DataError, match="is damaged and cannot be read"):
+    synthetic_format.read_shard(directory, entry, (8, 8, 1))
+  monkeypatch.setattr(np, "load", lambda *a, **k: (_ for _ in ()).throw(
+      SystemError(files.AST_RACE)))
+  with pytest.raises(DataError, match="is damaged and cannot be read"):
+    synthetic_format.read_shard(directory, entry, (8, 8, 1))

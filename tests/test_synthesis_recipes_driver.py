@@ -54,6 +54,10 @@ def test_cells_are_named_by_set_row_and_seed(tmp_path):
   assert ("retinamnist", "equal_scale", 0) not in cells
   assert ("ham10000", "augment", 0) not in cells and ("ham10000", "iois_ois_aas", 1) in cells
   assert [s for _, _, s in cells] == sorted(s for _, _, s in cells)
+  # the ablation rows run seed 0 only outside BreastMNIST (the budget cut)
+  assert ("retinamnist", "iois_ois", 0) in cells and ("retinamnist", "iois_ois", 1) not in cells
+  assert ("breastmnist", "pretrain_finetune", 2) in cells
+  assert ("chula_rbc11", "diffupt_classifier", 2) in cells
   ratios = [c for c in cells if c[1].startswith("diffupt_ratio_")]
   assert {c[0] for c in ratios} == {"breastmnist"} and len(ratios) == 4 * 3
 
@@ -98,6 +102,29 @@ def test_commands_share_the_generator_and_the_ce_baseline(tmp_path):
   crt = driver.build_command(args, "chula_rbc11", "best_classic", 0)
   assert "configs/recipes.py:crt,npz" in crt
   assert ("chula_rbc11", "ce", 0) in driver.dependencies("chula_rbc11", "best_classic", 0)
+
+
+def test_ldm_rows_run_the_autoencoder_then_the_ldm_and_reuse_both(tmp_path):
+  args = _args(tmp_path, "--sets", "breastmnist", "--rows", "augment_ldm,diffupt_ldm_classifier",
+               "--seeds", "0")
+  units = driver.work_units(args, driver.planned_cells(args))
+  rows = [u[1] for u in units]
+  assert rows.index("autoencoder_kl") < rows.index("generator_ldm") < rows.index("augment_ldm")
+  ae = driver.run_dir(args.runs, "breastmnist", "autoencoder_kl", 0)
+  assert driver.build_command(args, "breastmnist", "autoencoder_kl", 0)[4] == \
+      "configs/autoencoder.py:kl"
+  own = driver.build_command(args, "breastmnist", "generator_ldm", 0)
+  assert f"--config.latent.autoencoder_run={ae}" in own and "configs/diffusion.py:ldm" in own
+  for row in ("augment_ldm", "diffupt_ldm_classifier"):
+    cmd = driver.build_command(args, "breastmnist", row, 0)
+    assert f"--config.generator.latent.autoencoder_run={ae}" in cmd
+    gen = driver.run_dir(args.runs, "breastmnist", "generator_ldm", 0)
+    assert f"--config.recipe.generator_workdir={gen}" in cmd
+    under = [a.replace("--config.generator.", "--config.") for a in cmd
+             if a.startswith(("--config.generator.model", "--config.generator.train",
+                              "--config.generator.diffusion"))]
+    assert under and all(a in own for a in under)
+  assert "--config.recipe.filter=classifier" in cmd and "--config.recipe.pretrain_lr=0.001" in cmd
 
 
 def test_paired_comparison_and_noise(tmp_path):

@@ -208,12 +208,12 @@ def _load(directory: str, entry: dict, keys: tuple[str, ...]) -> tuple[np.ndarra
     if corrupt is not None:
       raise DataError(f"shard {path} is damaged: its member {corrupt} fails its CRC-32; rerun "
                       "the sampling command, which draws damaged shards again")
-    with np.load(io.BytesIO(data), allow_pickle=False) as shard:
-      missing = [k for k in keys if k not in shard.files]
-      if missing:
-        raise DataError(f"shard {path} has no key(s) {missing}; keys present: "
-                        f"{sorted(shard.files)}. Re-run the sampling stage for this shard")
-      arrays = tuple(shard[k] for k in keys)
+    shard = files.read_npz(data)
+    missing = [k for k in keys if k not in shard]
+    if missing:
+      raise DataError(f"shard {path} has no key(s) {missing}; keys present: "
+                      f"{sorted(shard)}. Re-run the sampling stage for this shard")
+    arrays = tuple(shard[k] for k in keys)
   except DataError:
     raise
   except Exception as e:  # zipfile, pickle and format errors all mean a damaged shard

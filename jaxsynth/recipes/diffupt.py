@@ -181,14 +181,15 @@ def _pretrain_run(train, filter_dir: str):
 
 def _pipeline(config, workdir: str, tasks: dict, with_filter: bool) -> Pipeline:
   # pylint: disable=import-outside-toplevel  (synthesis imports this module for RECIPES)
-  from jaxsynth.recipes.synthesis import classifier_config, generator_config, sample_config
+  from jaxsynth.recipes.synthesis import (autoencoder_stages, classifier_config,
+                                          generator_config, sample_config)
   check_options(config)
   r = config.recipe
   num_classes = real_class_count(config)
   counts = pretrain_counts(config, num_classes)
-  generator = generator_config(config)
+  generator = generator_config(config, workdir)
   filter_name = FILTERS[r.filter] if with_filter else ""
-  stages = [
+  stages = autoencoder_stages(config, workdir, tasks) + [
       Stage("generator", generator, tasks["train_diffusion"], reuse=r.generator_workdir,
             reuse_key="recipe.generator_workdir",
             check_reuse=lambda d: check_generator(config, d, generator, num_classes)),
@@ -201,7 +202,7 @@ def _pipeline(config, workdir: str, tasks: dict, with_filter: bool) -> Pipeline:
   stages += [Stage("pretrain", None, None), Stage("finetune", None, tasks["train_classifier"])]
   pipe = Pipeline(r.name, workdir, stages)
   # later stages read earlier stages' outputs by name
-  sample = sample_config(config, pipe.dir("generator"))
+  sample = sample_config(config, pipe.dir("generator"), workdir)
   sample.sample.budget = "counts"
   sample.sample.class_counts = tuple(int(c) for c in counts)
   if r.name == "diffupt":
@@ -219,11 +220,12 @@ def _pipeline(config, workdir: str, tasks: dict, with_filter: bool) -> Pipeline:
 
 
 def pretrain_finetune_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
-  """generator -> sample (recipe.ratio) -> baseline -> pretrain (synthetic only) -> finetune."""
+  """[autoencoder ->] generator -> sample (recipe.ratio) -> baseline -> pretrain (synthetic
+  only) -> finetune."""
   return _pipeline(config, workdir, tasks, with_filter=False)
 
 
 def diffupt_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
-  """generator -> sample (guided, recipe.cfg_scale) -> baseline -> filter (recipe.filter;
-  none: no stage) -> pretrain (synthetic only) -> finetune."""
+  """[autoencoder ->] generator -> sample (guided, recipe.cfg_scale) -> baseline -> filter
+  (recipe.filter; none: no stage) -> pretrain (synthetic only) -> finetune."""
   return _pipeline(config, workdir, tasks, with_filter=True)

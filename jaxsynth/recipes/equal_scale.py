@@ -156,7 +156,8 @@ def _balanced_run(train_fn, indices_path: str, indices: bytes, summary: dict):
 def pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   """generator -> sample -> baseline -> balanced: FairDiff's equal-scale set for a classifier."""
   # pylint: disable=import-outside-toplevel  (synthesis imports this module for RECIPES)
-  from jaxsynth.recipes.synthesis import classifier_config, generator_config, sample_config
+  from jaxsynth.recipes.synthesis import (autoencoder_stages, classifier_config,
+                                          generator_config, sample_config)
   r = config.recipe
   if config.data.get("train_indices_file", ""):
     raise ConfigError("config key 'data.train_indices_file' is set, but recipe equal_scale "
@@ -164,9 +165,9 @@ def pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   condition = r.get("condition", "class_group")
   check_condition(condition)
   made = plan_for(config)
-  generator = generator_config(config)
+  generator = generator_config(config, workdir)
   generator.diffusion.condition = condition
-  stages = [
+  stages = autoencoder_stages(config, workdir, tasks) + [
       Stage("generator", generator, tasks["train_diffusion"],
             reuse=r.generator_workdir, reuse_key="recipe.generator_workdir",
             free_keys=GENERATOR_FREE_KEYS),
@@ -176,7 +177,7 @@ def pipeline(config, workdir: str, tasks: dict) -> Pipeline:
       Stage("balanced", None, None),
   ]
   pipe = Pipeline(r.name, workdir, stages)
-  sample = sample_config(config, pipe.dir("generator"))
+  sample = sample_config(config, pipe.dir("generator"), workdir)
   sample.diffusion.condition = condition
   sample.sample.update(budget="counts", class_counts=(), group_counts=(),
                        cell_counts=made["summary"]["cell_counts"])

@@ -48,8 +48,44 @@ def generator_seed(config) -> int:
   return int(config.seed) if seed < 0 else seed
 
 
-def generator_config(config):
-  """The train_diffusion config: the recipe's real data, generator.seed, generator.* keys."""
+#: The stage that trains an LDM generator's autoencoder when the recipe trains one.
+AUTOENCODER_STAGE = "autoencoder"
+
+
+def trains_autoencoder(config) -> bool:
+  """True when the recipe trains its LDM generator's autoencoder itself (stage `autoencoder`):
+  generator.latent.autoencoder_run is empty and no finished generator is reused."""
+  latent = config.generator.get("latent")
+  return (latent is not None and not latent.autoencoder_run
+          and config.generator.get("autoencoder") is not None
+          and not config.recipe.generator_workdir)
+
+
+def autoencoder_config(config):
+  """The train_autoencoder config of stage `autoencoder`: the recipe's real data, the
+  generator's seed and the generator.autoencoder.* keys (model, train, loss)."""
+  from configs import autoencoder  # pylint: disable=import-outside-toplevel  (config files)
+  keys = config.generator.autoencoder
+  out = autoencoder.get_config(keys.model.name)
+  for key in ("model", "train", "loss"):
+    out[key] = keys[key]
+  out.seed, out.mesh, out.data = generator_seed(config), config.mesh, config.data
+  out = out.copy_and_resolve_references()
+  out.data.synthetic.paths = ()
+  return out
+
+
+def autoencoder_stages(config, workdir: str, tasks: dict) -> list[Stage]:
+  """[Stage `autoencoder`] when the recipe trains its LDM generator's autoencoder, else []."""
+  if not trains_autoencoder(config):
+    return []
+  return [Stage(AUTOENCODER_STAGE, autoencoder_config(config), tasks["train_autoencoder"],
+                directory=os.path.join(workdir, AUTOENCODER_STAGE))]
+
+
+def generator_config(config, workdir: str = ""):
+  """The train_diffusion config: the recipe's real data, generator.seed, generator.* keys; an
+  LDM generator whose autoencoder the recipe trains reads it from WORKDIR/autoencoder."""
   from configs import diffusion  # pylint: disable=import-outside-toplevel  (config files)
   latent = config.generator.get("latent")
   out = diffusion.get_config("unet" if latent is None else "ldm")
@@ -58,13 +94,16 @@ def generator_config(config):
   out.seed, out.mesh, out.data = generator_seed(config), config.mesh, config.data
   out = out.copy_and_resolve_references()
   out.data.synthetic.paths = ()
+  if workdir and trains_autoencoder(config):
+    out.latent.autoencoder_run = os.path.abspath(os.path.join(workdir, AUTOENCODER_STAGE))
   return out
 
 
-def sample_config(config, generator_dir: str):
-  """The sample config: the generator's config with task=sample from `generator_dir`, drawn
-  with the recipe's seed (so every classifier seed gets its own synthetic set)."""
-  out = generator_config(config)
+def sample_config(config, generator_dir: str, workdir: str = ""):
+  """The sample config: the generator's config (`generator_config(config, workdir)`) with
+  task=sample from `generator_dir`, drawn with the recipe's seed (so every classifier seed gets
+  its own synthetic set)."""
+  out = generator_config(config, workdir)
   out.task = "sample"
   out.seed = int(config.seed)
   out.sample.run_dir = os.path.abspath(generator_dir)
@@ -77,10 +116,12 @@ def check_config(config) -> None:
     raise ConfigError(f"config key 'recipe.name' has bad value {config.recipe.name!r} for task "
                       f"recipe; use one of {', '.join(RECIPES)}")
   latent = config.generator.get("latent")
-  if latent is not None and not latent.autoencoder_run:
+  if latent is not None and not latent.autoencoder_run and \
+      config.generator.get("autoencoder") is None:
     raise ConfigError("config key 'generator.latent.autoencoder_run' is empty: a latent diffusion "
                       "generator needs a finished train_autoencoder run (configs/autoencoder.py) "
-                      "on the recipe's data keys")
+                      "on the recipe's data keys, or generator.autoencoder.* keys to train one "
+                      "(the *_ldm variants of configs/synthesis.py have them)")
   features = config.recipe.get("report_features", "")
   if features not in ("", "none"):   # checked now, not after every stage has run
     from jaxsynth.metrics.features import check_spec  # pylint: disable=import-outside-toplevel
@@ -92,10 +133,11 @@ def check_config(config) -> None:
 
 
 def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
-  """generator -> sample -> baseline -> augmented (the recipe's classifier is `augmented`)."""
+  """[autoencoder ->] generator -> sample -> baseline -> augmented (the recipe's classifier is
+  `augmented`)."""
   r = config.recipe
-  stages = [
-      Stage("generator", generator_config(config), tasks["train_diffusion"],
+  stages = autoencoder_stages(config, workdir, tasks) + [
+      Stage("generator", generator_config(config, workdir), tasks["train_diffusion"],
             reuse=r.generator_workdir, reuse_key="recipe.generator_workdir",
             free_keys=GENERATOR_FREE_KEYS),
       Stage("sample", None, tasks["sample"]),
@@ -105,7 +147,7 @@ def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   ]
   pipe = Pipeline(r.name, workdir, stages)
   # later stages read earlier stages' outputs by name
-  pipe.stages["sample"].config = sample_config(config, pipe.dir("generator"))
+  pipe.stages["sample"].config = sample_config(config, pipe.dir("generator"), workdir)
   pipe.stages["augmented"].config = classifier_config(
       config, (os.path.abspath(pipe.dir("sample")),))
   return pipe
@@ -193,11 +235,6 @@ def report_extras(config, workdir: str, pipe: Pipeline, spec: Recipe, table: dic
   paths = tuple(stage.config.data.synthetic.paths) if stage.config is not None else ()
   synthetic = recipe_report.synthetic_set(paths)
   generator = None
-  latent = config.generator.get("latent")
-  if latent is not None and not latent.autoencoder_run:
-    raise ConfigError("config key 'generator.latent.autoencoder_run' is empty: a latent diffusion "
-                      "generator needs a finished train_autoencoder run (configs/autoencoder.py) "
-                      "on the recipe's data keys")
   features = config.recipe.get("report_features", "") or \
       f"classifier:{os.path.abspath(pipe.dir(spec.baseline_stage))}"
   if synthetic is not None and len(synthetic) > 1 and features != "none":

@@ -210,13 +210,15 @@ class LatentSource(ImageSource):
     parts = {"latents": [], "labels": [], "groups": []}
     for shard in entry["shards"]:
       path = os.path.join(cache_dir, split, shard["file"])
-      if shard.get("sha256") and files.sha256_file(path) != shard["sha256"]:
+      with open(path, "rb") as f:
+        data = f.read()
+      if shard.get("sha256") and hashlib.sha256(data).hexdigest() != shard["sha256"]:
         raise DataError(f"latent shard {path} does not match its sha256 in {MANIFEST}: it is "
                         f"damaged; delete {cache_dir} to encode the data again")
-      with np.load(path, allow_pickle=False) as f:
-        for key in parts:
-          if key in f:
-            parts[key].append(f[key])
+      arrays = files.read_npz(data)
+      for key in parts:
+        if key in arrays:
+          parts[key].append(arrays[key])
     if sum(len(p) for p in parts["labels"]) != entry["count"]:
       raise DataError(f"the latent cache {cache_dir} has an unfinished '{split}' split: rerun the "
                       "command to finish encoding it")

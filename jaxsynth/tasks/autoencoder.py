@@ -294,18 +294,20 @@ def make_perceptual(config, setup: Setup):
 
 def make_evaluate(config, setup: Setup):
   """evaluate_fn(state) -> val L1, PSNR (dB), SSIM on [0, 1] images, LPIPS when its weights are
-  given (means per image) and, for VQ, the share of codes used and the codes' perplexity over
-  the whole validation split."""
+  given (means per image; `per_class`: the same per class label) and, for VQ, the share of
+  codes used and the codes' perplexity over the whole validation split."""
   val = open_source(config.data, "val", seed=config.seed)
   reconstruct = make_reconstruct(setup)
   perceptual = make_perceptual(config, setup)
   num_codes = setup.model.autoencoder.num_codes if setup.is_vq else 0
   limit = int(config.train.val_batches)
   with_ssim = min(setup.image_shape[:2]) >= SSIM_WINDOW   # the window must fit the image
+  num_classes = max(1, val.num_classes)
 
   def evaluate(state) -> dict:
     sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
-    count, codes = 0.0, np.zeros(max(num_codes, 1))
+    class_sums = {k: np.zeros(num_classes) for k in sums}
+    count, class_count, codes = 0.0, np.zeros(num_classes), np.zeros(max(num_codes, 1))
     batches = pipeline.eval_dataset(val, config.data, global_batch=config.train.eval_batch_size)
     for b, batch in enumerate(batches):
       if limit and b == limit:
@@ -319,15 +321,23 @@ def make_evaluate(config, setup: Setup):
         per_image["ssim"] = np.asarray(ssim(unit_r, unit_x))
       if perceptual is not None:
         per_image["lpips"] = np.asarray(perceptual(x, recon))
+      labels = np.asarray(batch["label"])
       for k, v in per_image.items():
         sums[k] += float(np.sum(v * mask))
+        np.add.at(class_sums[k], labels, v * mask)
       count += float(mask.sum())
+      np.add.at(class_count, labels, mask)
       if num_codes:
         used = np.asarray(indices)[mask > 0].reshape(-1)
         codes += np.bincount(used, minlength=num_codes)
     measured = {"l1", "psnr"} | ({"ssim"} if with_ssim else set())
     measured |= {"lpips"} if perceptual is not None else set()
     results = {k: v / max(count, 1.0) for k, v in sums.items() if k in measured}
+    seen = class_count > 0   # classes absent from the split get None
+    results["per_class"] = {k: [float(x) if ok else None for x, ok in
+                                zip(class_sums[k] / np.maximum(class_count, 1.0), seen)]
+                            for k in sorted(measured)}
+    results["per_class"]["count"] = class_count.astype(int).tolist()
     if num_codes:
       p = codes / max(codes.sum(), 1.0)
       results["codebook_usage"] = float(np.mean(codes > 0))

@@ -13,12 +13,14 @@ from jaxsynth.recipes import synthesis
 from jaxsynth.synthesis import filters
 from jaxsynth.training import workdir as workdir_lib
 
-STAGE_TASKS = ("train_diffusion", "sample", "filter", "train_classifier", "evaluate")
+STAGE_TASKS = ("train_autoencoder", "train_diffusion", "sample", "filter", "train_classifier",
+               "evaluate")
 
 
 def check_stages(pipe) -> None:
   """Checks every stage's config before the first stage runs; the error names the stage."""
-  from jaxsynth.tasks import TASKS, diffusion, sample  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jaxsynth.tasks import TASKS, autoencoder, diffusion, sample
   pending = {os.path.abspath(s.directory) for s in pipe.stages.values() if not s.reuse}
   for stage in pipe.stages.values():
     if stage.reuse:
@@ -26,7 +28,10 @@ def check_stages(pipe) -> None:
     c = stage.config
     try:
       config_lib.validate(c, TASKS)
-      if c.task == "train_diffusion":
+      if c.task == "train_autoencoder":
+        autoencoder.check_config(c)
+        check_data(c.data, ["train", "val"], c.seed, every_class=False)
+      elif c.task == "train_diffusion":
         diffusion.check_config(c)
       elif c.task == "train_classifier":
         check_data(c.data, ["train", "val", *c.evaluate.splits], c.seed)
