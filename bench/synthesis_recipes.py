@@ -55,6 +55,10 @@ NOTES = os.path.join("docs", "results", "synthesis_recipes_notes.md")
 FIGURES = os.path.join("docs", "results", "synthesis_recipes")
 #: The exit status of a run that refused its input with a one-line error (jaxsynth.main).
 USER_ERROR_RC = 2
+#: One-line errors that say the run's own files are broken (a damaged or unreadable shard or
+#: checkpoint, a missing file, a full disk), not that it refused its input: such a cell failed
+#: and runs again; it is never recorded as a result.
+BROKEN_RUN_ERRORS = ("is damaged", "cannot be read", "does not exist", "no space", "full")
 #: The metrics of the paired comparisons (besides the two rarest classes' accuracy).
 PAIRED_METRICS = ("macro_f1", "balanced_accuracy", "mcc", "auc")
 
@@ -477,13 +481,15 @@ def execute(args, cell, stop: threading.Event | None = None) -> dict:
 
 
 def run_error(log_path: str) -> str:
-  """The one-line `jaxsynth: error: ...` a run ended with ("" when none)."""
+  """The one-line `jaxsynth: error: ...` a run ended with when it refused its input ("" when
+  none, or when the error says the run's own files are broken: BROKEN_RUN_ERRORS)."""
   try:
     with open(log_path, encoding="utf-8", errors="replace") as f:
       lines = [line.strip() for line in f if line.startswith("jaxsynth: error:")]
   except OSError:
     return ""
-  return lines[-1].removeprefix("jaxsynth: error:").strip() if lines else ""
+  error = lines[-1].removeprefix("jaxsynth: error:").strip() if lines else ""
+  return "" if any(phrase in error.lower() for phrase in BROKEN_RUN_ERRORS) else error
 
 
 def commit(paths: list[str], message: str) -> None:

@@ -185,3 +185,7 @@ def test_a_refused_run_is_read_from_its_one_line_error(tmp_path):
                       "jaxsynth: error: the filter kept none of the samples: loosen it\n")
   assert driver.run_error(str(log_path)) == "the filter kept none of the samples: loosen it"
   assert driver.run_error(str(tmp_path / "absent.log")) == ""
+  # a broken file of the run's own is a failure to rerun, never a recorded result
+  log_path.write_text("jaxsynth: error: shard /r/sample/samples/shard-00005.npz is damaged and "
+                      "cannot be read (AST constructor recursion depth mismatch); rerun\n")
+  assert driver.run_error(str(log_path)) == ""
