@@ -56,9 +56,9 @@ FIGURES = os.path.join("docs", "results", "synthesis_recipes")
 #: The exit status of a run that refused its input with a one-line error (jaxsynth.main).
 USER_ERROR_RC = 2
 #: One-line errors that say the run's own files are broken (a damaged or unreadable shard or
-#: checkpoint, a missing file, a full disk), not that it refused its input: such a cell failed
-#: and runs again; it is never recorded as a result.
-BROKEN_RUN_ERRORS = ("is damaged", "cannot be read", "does not exist", "no space", "full")
+#: checkpoint, a missing file, a write that did not fit), not that it refused its input: such
+#: a cell failed and runs again; it is never recorded as a result.
+BROKEN_RUN_ERRORS = ("is damaged", "cannot be read", "does not exist", "cannot write")
 #: The metrics of the paired comparisons (besides the two rarest classes' accuracy).
 PAIRED_METRICS = ("macro_f1", "balanced_accuracy", "mcc", "auc")
 
