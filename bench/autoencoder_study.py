@@ -272,8 +272,12 @@ def render(args, cells: dict) -> str:
            "`docs/results/autoencoders/` (one JSON per finished run: metrics, command, wall "
            "time, machine). Cells not yet run are listed as such.", "",
            "## Reconstruction (validation split)", "",
+           "Per class in label order (BreastMNIST: malignant / normal+benign; BUSI: normal / "
+           "benign / malignant). `last call s` is the wall time of the call that finished the "
+           "run: a run resumed across sessions counts only its last part. Grids: validation "
+           "images above their reconstructions.", "",
            "| autoencoder | set | PSNR dB | SSIM | L1 | per-class PSNR | per-class SSIM | "
-           "codebook usage | steps | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "codebook usage | steps | last call s |", "|---|---|---|---|---|---|---|---|---|---|"]
   for name in (n for n in CELLS if n.startswith("ae_")):
     c = cells.get(name)
     _, ae, dataset = name.split("_", 2)
