@@ -1202,6 +1202,39 @@ def _(ctx):
              ("config key 'recipe.budget'", "less than the 10 classes", "use at least 10"))
 
 
+# -- train_gan
+
+def gan(ctx: Ctx, *overrides, variant: str = "bagan_gp:tiny") -> list:
+  return ["--config", f"configs/bagan_gp.py:{variant}", "--workdir", ctx.workdir,
+          "--config.data.threads=1", *overrides]
+
+
+@case("gan_class_without_train_images")
+def _(ctx):
+  path = write_npz(ctx.tmp / "data.npz", **{k: v for k, v in npz_arrays(train=(12, 0, 6)).items()
+                                             if k.startswith("train_")})
+  return Bad(gan(ctx, "--config.data.source=npz", f"--config.data.path={path}"),
+             ("class 1 ('benign') has no samples in the train split", "set data.num_classes"))
+
+
+@case("gan_image_size_the_architecture_cannot_take")
+def _(ctx):
+  return Bad(gan(ctx, "--config.data.image_size=10"),
+             ("config key 'model.channels'", "multiples of 4", "set data.image_size"))
+
+
+@case("gan_normalisation_outside_tanh_range")
+def _(ctx):
+  return Bad(gan(ctx, "--config.data.std=0.25"),
+             ("config key 'data.mean'", "tanh output spans [-1, 1]", "data.std=0.5"))
+
+
+@case("gan_wrong_label_term_with_wasserstein_loss")
+def _(ctx):
+  return Bad(gan(ctx, "--config.gan.wrong_label_term=True", variant="wgan_gp:tiny"),
+             ("config key 'gan.wrong_label_term'", "logistic loss (eq. 14)"))
+
+
 def _params():
   for name, (fn, xfail) in CASES.items():
     marks = [pytest.mark.xfail(reason=xfail, strict=False)] if xfail else []
@@ -1248,5 +1281,5 @@ def test_corpus_covers_at_least_25_kinds_on_every_task():
   names = list(CASES)
   assert len(names) >= 25
   for prefix in ("config_", "npz_", "folder_", "synthetic_", "evaluate_", "diffusion_",
-                 "sample_", "workdir_", "filter_", "autoencoder_", "ldm_"):
+                 "sample_", "workdir_", "filter_", "autoencoder_", "ldm_", "gan_"):
     assert any(n.startswith(prefix) for n in names), prefix

@@ -67,6 +67,8 @@ def check_inputs(config) -> dict:
     return {"data": data}
   if task == "train_autoencoder":
     return {"data": check_data(config.data, ["train", "val"], config.seed, every_class=False)}
+  if task == "train_gan":
+    return {"data": check_data(config.data, ["train"], config.seed, every_class=False)}
   if task == "filter":
     from jaxsynth.synthesis.filters import check_filter_config  # pylint: disable=import-outside-toplevel
     from jaxsynth.tasks.filter import input_sweep  # pylint: disable=import-outside-toplevel
@@ -123,6 +125,9 @@ def check_setup(config, workdir: str, inputs: dict) -> None:
   elif task == "train_autoencoder":
     from jaxsynth.tasks import autoencoder
     autoencoder.build_setup(config)
+  elif task == "train_gan":
+    from jaxsynth.tasks import gan
+    gan.build_setup(config)
   elif task == "sample":
     from jaxsynth.tasks import sample
     sample.check_config(config, workdir)

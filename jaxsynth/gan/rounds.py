@@ -1,0 +1,199 @@
+"""The jitted programs of GAN training: one autoencoder step, and one critic/generator round.
+
+A round (WGAN-GP's Algorithm 1 with BAGAN-GP's labels) is ONE compiled program: `critic_steps`
+critic updates inside a `lax.scan`, each on its own real batch, fake images from fresh noise and
+labels, and the gradient penalty; then one generator update against the updated critic. The
+round's batch holds critic_steps x batch_size real images, reshaped to (critic_steps, B, ...).
+
+Keys: the round's key is fold_in(state.rng, round); critic step i draws from
+fold_in(fold_in(key, CRITIC_STREAM), i), the generator step from fold_in(key, GENERATOR_STREAM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxsynth.gan import losses
+from jaxsynth.training import parallel, train_state
+
+GENERATOR = ("embedding", "decoder")   # the generator's parameters in the BaganGP tree
+AUTOENCODER = ("encoder", "embedding", "decoder")
+STATS = "batch_stats"                  # the decoder's batch norm statistics
+CRITIC_STREAM = 0
+GENERATOR_STREAM = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundSettings:
+  """What a round does, from `gan.*` and `train.batch_size`."""
+  batch_size: int
+  num_classes: int
+  latent_dim: int
+  critic_steps: int = 5
+  adversarial: str = "logistic"        # logistic (eq. 10-15) | wasserstein (eq. 8-9)
+  wrong_label_term: bool = True        # eq. 14's -log(1 - D(x_r, y_wrong))
+  fake_labels: str = "uniform"         # uniform (balanced, eq. 14) | real (eq. 12-13)
+  gp_weight: float = 10.0
+  gp_alpha: str = "uniform"            # uniform (paper) | normal (the authors' code)
+  ema_decay: float = 0.0
+
+
+def generator_params(params) -> dict:
+  """The generator's part {embedding, decoder} of a BaganGP parameter tree."""
+  return {k: params[k] for k in GENERATOR}
+
+
+def make_autoencoder_step(model: nn.Module, tx, mesh, ema_decay: float = 0.0):
+  """Jitted (state, batch) -> (state, metrics): one L1 step of the supervised autoencoder
+  (Fig. 3). The state's params are {encoder, embedding, decoder}."""
+
+  def step(state: train_state.TrainState, batch):
+    x = jax.lax.with_sharding_constraint(batch["image"], parallel.batch_sharding(mesh))
+
+    def loss_fn(params):
+      recon, new = model.apply({"params": params, **state.model_state}, x, batch["label"],
+                               train=True, method=model.reconstruct, mutable=[STATS])
+      return jnp.mean(jnp.abs(recon - x)), new
+
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                          model_state=dict(new_state),
+                          ema_params=train_state.ema_update(state.ema_params, params, ema_decay,
+                                                            state.step))
+    return state, {"l1": loss, "grad_norm": grad_norm,
+                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+class Draws(NamedTuple):
+  """What one critic (or generator) update draws: noise, fake and wrong labels, alpha."""
+  noise: jax.Array           # z ~ N(0, I), (B, latent_dim)
+  fake_labels: jax.Array     # y_f: uniform over classes, or the real labels (fake_labels=real)
+  wrong_labels: jax.Array | None   # y_wrong != y_r, uniform over the others (eq. 14), or None
+  alpha: jax.Array           # interpolation weights of the penalty, (B, 1, 1, 1)
+
+
+def critic_draws(key, real_labels, settings: RoundSettings) -> Draws:
+  """The draws of one update from its key, given the real labels of its batch."""
+  s, b = settings, real_labels.shape[0]
+  k_noise, k_label, k_wrong, k_alpha = jax.random.split(key, 4)
+  fake = (losses.balanced_labels(k_label, b, s.num_classes) if s.fake_labels == "uniform"
+          else real_labels)
+  wrong = losses.wrong_labels(k_wrong, real_labels, s.num_classes) if s.wrong_label_term else None
+  return Draws(jax.random.normal(k_noise, (b, s.latent_dim)), fake, wrong,
+               losses.interpolation_weights(k_alpha, b, s.gp_alpha))
+
+
+def round_program(model: nn.Module, settings: RoundSettings, g_tx, c_tx, mesh=None):
+  """The pure round: (state, batch) -> (state, metrics). state.params is the whole BaganGP
+  tree; state.opt_state is {"generator": ..., "critic": ...}."""
+  s = settings
+  per_step = None if mesh is None else NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+
+  def critic_of(critic_params):
+    return lambda x, y: model.apply({"params": {"critic": critic_params}}, x, y,
+                                    method=model.criticise)
+
+  def generate(gen_params, stats, z, labels):
+    fake, new = model.apply({"params": gen_params, STATS: stats}, z, labels, train=True,
+                            method=model.generate, mutable=[STATS])
+    return fake, new[STATS]
+
+  def round_fn(state: train_state.TrainState, batch):
+    n, b = s.critic_steps, s.batch_size
+    images = batch["image"].reshape((n, b) + batch["image"].shape[1:])
+    real_labels = batch["label"].reshape(n, b)
+    if per_step is not None:
+      images = jax.lax.with_sharding_constraint(images, per_step)
+      real_labels = jax.lax.with_sharding_constraint(real_labels, per_step)
+    key = jax.random.fold_in(state.rng, state.step)
+    critic_key = jax.random.fold_in(key, CRITIC_STREAM)
+    critic_keys = jax.vmap(lambda i: jax.random.fold_in(critic_key, i))(jnp.arange(n))
+    gen_params = generator_params(state.params)
+
+    def critic_step(carry, xs):
+      critic_params, opt_state, stats = carry
+      real, y_real, k = xs
+      draws = critic_draws(k, y_real, s)
+      y_fake, y_wrong, alpha = draws.fake_labels, draws.wrong_labels, draws.alpha
+      fake, stats = generate(gen_params, stats, draws.noise, y_fake)
+      fake = jax.lax.stop_gradient(fake)
+
+      def loss_fn(cp):
+        critic = critic_of(cp)
+        d_real, d_fake = critic(real, y_real), critic(fake, y_fake)
+        d_wrong = critic(real, y_wrong) if y_wrong is not None else None
+        adversarial = losses.critic_terms(s.adversarial, d_real, d_fake, d_wrong)
+        penalty = losses.gradient_penalty(critic, real, fake, y_real, alpha)
+        parts = {"d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake),
+                 "gradient_penalty": penalty}
+        if d_wrong is not None:
+          parts["d_wrong"] = jnp.mean(d_wrong)
+        return adversarial + s.gp_weight * penalty, parts
+
+      (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(critic_params)
+      updates, opt_state = c_tx.update(grads, opt_state, critic_params)
+      critic_params = optax.apply_updates(critic_params, updates)
+      parts.update(critic_loss=loss, critic_grad_norm=optax.tree.norm(grads))
+      return (critic_params, opt_state, stats), parts
+
+    carry = (state.params["critic"], state.opt_state["critic"], state.model_state[STATS])
+    (critic_params, critic_opt, stats), critic_parts = jax.lax.scan(
+        critic_step, carry, (images, real_labels, critic_keys))
+
+    # Generator labels: balanced draws, or (fake_labels=real) the last critic batch's labels.
+    draws = critic_draws(jax.random.fold_in(key, GENERATOR_STREAM), real_labels[-1], s)
+    y_fake, z = draws.fake_labels, draws.noise
+
+    def generator_loss(gp):
+      fake, new_stats = generate(gp, stats, z, y_fake)
+      return losses.generator_terms(s.adversarial, critic_of(critic_params)(fake, y_fake)), \
+          new_stats
+
+    (g_loss, stats), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(gen_params)
+    updates, gen_opt = g_tx.update(g_grads, state.opt_state["generator"], gen_params)
+    gen_params = optax.apply_updates(gen_params, updates)
+    params = dict(state.params, critic=critic_params, **gen_params)
+    metrics = {k: jnp.mean(v) for k, v in critic_parts.items()}
+    g_norm = optax.tree.norm(g_grads)
+    metrics.update(generator_loss=g_loss, generator_grad_norm=g_norm,
+                   finite=jnp.isfinite(metrics["critic_loss"]) & jnp.isfinite(g_loss) &
+                   jnp.isfinite(g_norm))
+    new_state = state.replace(
+        step=state.step + 1, params=params, model_state={STATS: stats},
+        opt_state={"generator": gen_opt, "critic": critic_opt},
+        ema_params=train_state.ema_update(state.ema_params, params, s.ema_decay, state.step))
+    return new_state, metrics
+
+  return round_fn
+
+
+def make_round(model: nn.Module, settings: RoundSettings, g_tx, c_tx, mesh):
+  """The round as one jitted, donated program over a batch-sharded (critic_steps x B) batch."""
+  replicated = parallel.replicated(mesh)
+  return jax.jit(round_program(model, settings, g_tx, c_tx, mesh),
+                 in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def make_generate(model: nn.Module):
+  """Jitted (params, model_state, z, labels) -> images (inference-mode batch norm)."""
+
+  def generate(params, model_state, z, labels):
+    return model.apply({"params": generator_params(params), **model_state}, z, labels,
+                       method=model.generate)
+
+  return jax.jit(generate)

@@ -1,0 +1,191 @@
+"""BAGAN-GP and relatives (task train_gan): penalty, labels, rounds, determinism and resume."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import bagan_gp
+from jaxsynth.gan import losses, rounds
+from jaxsynth.models.gan import make_gan
+from jaxsynth.tasks import gan as gan_task
+from jaxsynth.training import parallel
+from jaxsynth.training.loop import Preempted, StopRequest
+from tests.helpers import assert_trees_equal, load_params
+
+
+def tiny(variant: str = "bagan_gp:tiny", **train):
+  config = bagan_gp.get_config(variant)
+  config.train.update(**train)
+  return config
+
+
+def test_gradient_penalty_equals_a_finite_difference_estimate():
+  """Eq. 7-8 on a small smooth critic in float64: central differences give each image's
+  gradient at x^ = a x_r + (1 - a) x_g, hence the penalty."""
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    w1 = jnp.asarray(rng.normal(size=(48, 6)))
+    w2 = jnp.asarray(rng.normal(size=(6,)))
+    embed = jnp.asarray(rng.normal(size=(3, 6)))
+
+    def critic(x, y):
+      return jnp.tanh(x.reshape(x.shape[0], -1) @ w1) * embed[y] @ w2
+
+    real = jnp.asarray(rng.normal(size=(3, 4, 4, 3)))
+    fake = jnp.asarray(rng.normal(size=(3, 4, 4, 3)))
+    labels = jnp.asarray([0, 2, 1])
+    alpha = jnp.asarray(rng.uniform(size=(3, 1, 1, 1)))
+    penalty = float(losses.gradient_penalty(critic, real, fake, labels, alpha))
+
+    x_hat = np.asarray(alpha * real + (1 - alpha) * fake)
+    eps, norms = 1e-6, []
+    for i in range(3):
+      grad = np.zeros(x_hat[i].size)
+      for j in range(x_hat[i].size):
+        step = np.zeros(x_hat[i].size)
+        step[j] = eps
+        up = x_hat[i:i + 1] + step.reshape(x_hat[i].shape)
+        down = x_hat[i:i + 1] - step.reshape(x_hat[i].shape)
+        grad[j] = (float(critic(jnp.asarray(up), labels[i:i + 1])[0])
+                   - float(critic(jnp.asarray(down), labels[i:i + 1])[0])) / (2 * eps)
+      norms.append(np.linalg.norm(grad))
+  expected = np.mean((np.asarray(norms) - 1.0) ** 2)
+  assert penalty == pytest.approx(expected, rel=1e-6)
+  assert penalty > 0.01   # the gradients are not unit-norm, so the check has something to see
+
+
+def _settings(**changes):
+  base = dict(batch_size=64, num_classes=5, latent_dim=4)
+  base.update(changes)
+  return rounds.RoundSettings(**base)
+
+
+def test_fake_labels_are_uniform_whatever_the_real_labels_are():
+  """Balanced training: the real batch is all class 0, the fake labels still cover the 5
+  classes uniformly (chi-square over 200 draws of 64)."""
+  settings = _settings()
+  real = jnp.zeros((64,), jnp.int32)
+  draws = jax.vmap(lambda k: rounds.critic_draws(k, real, settings).fake_labels)(
+      jax.random.split(jax.random.PRNGKey(0), 200))
+  counts = np.bincount(np.asarray(draws).ravel(), minlength=5)
+  expected = counts.sum() / 5
+  chi2 = float(np.sum((counts - expected) ** 2 / expected))
+  assert chi2 < 18.5, counts     # p = 0.001 for 4 degrees of freedom
+  # fake_labels=real (cDRAGAN, eq. 12-13) keeps the batch's labels.
+  same = rounds.critic_draws(jax.random.PRNGKey(1), real, _settings(fake_labels="real"))
+  np.testing.assert_array_equal(same.fake_labels, real)
+
+
+def test_wrong_labels_differ_from_the_real_ones_and_cover_the_others():
+  settings = _settings()
+  real = jnp.asarray(np.random.default_rng(0).integers(0, 5, 64), jnp.int32)
+  wrong = jax.vmap(lambda k: rounds.critic_draws(k, real, settings).wrong_labels)(
+      jax.random.split(jax.random.PRNGKey(0), 300))
+  wrong = np.asarray(wrong)
+  assert not np.any(wrong == np.asarray(real)[None])
+  assert wrong.min() == 0 and wrong.max() == 4
+  # each real class's wrong labels spread over the 4 other classes about evenly
+  for c in range(5):
+    picked = wrong[:, np.asarray(real) == c].ravel()
+    share = np.bincount(picked, minlength=5) / picked.size
+    assert share[c] == 0 and np.all(np.delete(share, c) > 0.2)
+  assert rounds.critic_draws(jax.random.PRNGKey(0), real,
+                             _settings(wrong_label_term=False)).wrong_labels is None
+
+
+def _model_and_variables(config, num_classes=3, shape=(8, 8, 1)):
+  model = make_gan(config.model, num_classes, shape)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32))
+  return model, jax.device_get(dict(variables))
+
+
+def test_the_label_embedding_multiply_makes_images_per_class():
+  model, variables = _model_and_variables(tiny())
+  z = jnp.tile(jax.random.normal(jax.random.PRNGKey(1), (1, 8)), (3, 1))
+  labels = jnp.arange(3)
+  images = np.asarray(model.apply(variables, z, labels, method=model.generate))
+  assert images.shape == (3, 8, 8, 1) and np.all(np.abs(images) <= 1)
+  for a in range(3):
+    for b in range(a + 1, 3):
+      assert np.abs(images[a] - images[b]).max() > 1e-3
+  # The same embedding row for every class: the same noise then gives the same image.
+  params = dict(variables["params"])
+  table = params["embedding"]["embedding"]
+  params["embedding"] = {"embedding": jnp.tile(table[:1], (3, 1))}
+  same = np.asarray(model.apply(dict(variables, params=params), z, labels, method=model.generate))
+  np.testing.assert_allclose(same[0], same[1], atol=1e-6)
+  np.testing.assert_allclose(same[0], same[2], atol=1e-6)
+
+
+def _adam_count(opt_state) -> int:
+  states = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
+  assert len(states) == 1
+  return int(states[0].count)
+
+
+@pytest.mark.parametrize("critic_steps", [5, 2])
+def test_one_round_updates_the_critic_critic_steps_times_and_the_generator_once(critic_steps):
+  config = tiny()
+  model, variables = _model_and_variables(config)
+  settings = _settings(batch_size=4, num_classes=3, latent_dim=8, critic_steps=critic_steps)
+  tx = optax.adam(1e-3)
+  mesh = parallel.make_mesh(config.mesh)
+  setup = type("S", (), {"mesh": mesh})()
+  state = gan_task.gan_state(config, setup, variables, tx, tx)
+  before = jax.device_get(state.params)
+  batch = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (critic_steps * 4, 8, 8, 1)),
+                                jnp.float32),
+           "label": jnp.asarray(np.arange(critic_steps * 4) % 3, jnp.int32)}
+  state, metrics = rounds.make_round(model, settings, tx, tx, mesh)(state, batch)
+  assert _adam_count(state.opt_state["critic"]) == critic_steps
+  assert _adam_count(state.opt_state["generator"]) == 1
+  after = jax.device_get(state.params)
+  for part in ("critic", "decoder", "embedding"):
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(before[part]),
+                                              jax.tree.leaves(after[part]))), part
+  assert_trees_equal(before["encoder"], after["encoder"])   # not a player in the rounds
+  assert int(state.step) == 1 and bool(metrics["finite"])
+
+
+def _run(workdir, stop=None, variant="bagan_gp:tiny"):
+  return gan_task.train_gan(tiny(variant), str(workdir), stop=stop)
+
+
+@pytest.mark.parametrize("variant", ["bagan_gp:tiny", "wgan_gp:tiny"])
+def test_a_tiny_run_is_deterministic_and_resumes_bit_identically(tmp_path, variant):
+  """Stopped once in the autoencoder stage and once between rounds, the run ends with the
+  same parameters, optimiser states and batch statistics as an uninterrupted one."""
+  whole = _run(tmp_path / "a", variant=variant)
+  _run(tmp_path / "b", variant=variant)
+  assert_trees_equal(load_params(str(tmp_path / "a")), load_params(str(tmp_path / "b")))
+
+  stops = [StopRequest(at_step=3)]
+  if variant.startswith("bagan_gp"):
+    stops.insert(0, StopRequest(at_step=2))   # inside the 3-step autoencoder stage
+  for stop in stops:
+    with pytest.raises(Preempted):
+      _run(tmp_path / "c", stop=stop, variant=variant)
+  resumed = _run(tmp_path / "c", variant=variant)
+  assert_trees_equal(load_params(str(tmp_path / "a")), load_params(str(tmp_path / "c")))
+  assert resumed["train"] == pytest.approx(whole["train"])
+  if variant.startswith("bagan_gp"):
+    assert (tmp_path / "c" / "autoencoder" / "metrics.json").exists()
+  assert sorted(p.name for p in (tmp_path / "a" / "grids").iterdir()) == [
+      "step-000002.png", "step-000004.png"]
+
+
+def test_the_critic_trunk_starts_from_the_encoder_or_from_scratch(tmp_path):
+  config = tiny()
+  setup = gan_task.build_setup(config)
+  variables = gan_task.init_variables(setup, config.seed)
+  trained = gan_task.autoencoder_stage(config, setup, str(tmp_path / "enc"), variables, None)
+  assert_trees_equal(trained["params"]["critic"]["trunk"], trained["params"]["encoder"]["trunk"])
+  config.gan.critic_init = "independent"
+  fresh = gan_task.autoencoder_stage(config, setup, str(tmp_path / "enc"), variables, None)
+  assert_trees_equal(fresh["params"]["critic"], variables["params"]["critic"])
+  assert_trees_equal(fresh["params"]["decoder"], trained["params"]["decoder"])
