@@ -917,14 +917,14 @@ def _(ctx):
 def _(ctx):
   return Bad(sample(ctx, ctx.tmp / "nowhere"),
              ("config key 'sample.run_dir'", "does not exist",
-              "set sample.run_dir to the --workdir of a train_diffusion run"))
+              "set sample.run_dir to the --workdir of a train_diffusion or train_gan run"))
 
 
 @case("sample_classifier_workdir")
 def _(ctx):
   run = ctx.classifier_run()
-  return Bad(sample(ctx, run), ("is a 'train_classifier' run, not a train_diffusion run",
-                                "set sample.run_dir"), reads=(run,))
+  return Bad(sample(ctx, run), ("is a 'train_classifier' run, not a train_diffusion or "
+                                "train_gan run", "set sample.run_dir"), reads=(run,))
 
 
 @case("sample_corrupt_run_config")

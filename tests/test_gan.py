@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from configs import bagan_gp
-from jaxsynth.gan import losses, rounds
+from configs import bagan_gp, diffusion as diffusion_configs, synthesis as synthesis_configs
+from jaxsynth.errors import CheckpointError, ConfigError
+from jaxsynth.gan import losses, rounds, state as gan_state
 from jaxsynth.models.gan import make_gan
+from jaxsynth.recipes import synthesis as synthesis_recipes
+from jaxsynth.tasks import sample as sample_task
+from jaxsynth.tasks.recipe import recipe as recipe_task
 from jaxsynth.tasks import gan as gan_task
 from jaxsynth.training import parallel
 from jaxsynth.training.loop import Preempted, StopRequest
@@ -135,8 +142,7 @@ def test_one_round_updates_the_critic_critic_steps_times_and_the_generator_once(
   settings = _settings(batch_size=4, num_classes=3, latent_dim=8, critic_steps=critic_steps)
   tx = optax.adam(1e-3)
   mesh = parallel.make_mesh(config.mesh)
-  setup = type("S", (), {"mesh": mesh})()
-  state = gan_task.gan_state(config, setup, variables, tx, tx)
+  state = gan_state.gan_state(variables, tx, tx, 0, mesh)
   before = jax.device_get(state.params)
   batch = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (critic_steps * 4, 8, 8, 1)),
                                 jnp.float32),
@@ -182,10 +188,93 @@ def test_a_tiny_run_is_deterministic_and_resumes_bit_identically(tmp_path, varia
 def test_the_critic_trunk_starts_from_the_encoder_or_from_scratch(tmp_path):
   config = tiny()
   setup = gan_task.build_setup(config)
-  variables = gan_task.init_variables(setup, config.seed)
+  variables = gan_state.init_variables(setup.model, setup.image_shape, config.seed)
   trained = gan_task.autoencoder_stage(config, setup, str(tmp_path / "enc"), variables, None)
   assert_trees_equal(trained["params"]["critic"]["trunk"], trained["params"]["encoder"]["trunk"])
   config.gan.critic_init = "independent"
   fresh = gan_task.autoencoder_stage(config, setup, str(tmp_path / "enc"), variables, None)
   assert_trees_equal(fresh["params"]["critic"], variables["params"]["critic"])
   assert_trees_equal(fresh["params"]["decoder"], trained["params"]["decoder"])
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("gan") / "run"
+  gan_task.train_gan(tiny(), str(workdir))
+  return str(workdir)
+
+
+def _sweep(run_dir, workdir, batch_size=4, stop=None):
+  config = diffusion_configs.get_config("sample")
+  config.sample.update(run_dir=run_dir, budget="counts", class_counts=(3, 0, 2) + (1,) * 7,
+                       shard_size=4, batch_size=batch_size)
+  return sample_task.sample(config, str(workdir), stop=stop)
+
+
+def _shards(workdir) -> dict:
+  directory = os.path.join(str(workdir), "samples")
+  out = {}
+  for name in sorted(os.listdir(directory)):
+    if name.startswith("shard-"):
+      with np.load(os.path.join(directory, name)) as shard:
+        out[name] = {k: shard[k] for k in shard.files}
+  return out
+
+
+def test_a_gan_sweep_is_the_same_whatever_the_batch_and_resumes_byte_identically(gan_run,
+                                                                                 tmp_path):
+  """Sample i is G(z_i, y_i) with z_i from fold_in(key, i): batch size and a stop change
+  nothing; labels follow the budget."""
+  metrics = _sweep(gan_run, tmp_path / "a")
+  assert metrics["counts"] == [3, 0, 2] + [1] * 7 and metrics["shards"] == 3
+  with pytest.raises(Preempted):
+    _sweep(gan_run, tmp_path / "b", batch_size=2, stop=StopRequest(at_step=1))
+  assert len(_shards(tmp_path / "b")) == 1
+  _sweep(gan_run, tmp_path / "b", batch_size=2)
+  a, b = _shards(tmp_path / "a"), _shards(tmp_path / "b")
+  assert list(a) == list(b)
+  for name in a:
+    assert_trees_equal(a[name], b[name])
+  labels = np.concatenate([s["labels"] for s in a.values()])
+  assert np.bincount(labels, minlength=10).tolist() == [3, 0, 2] + [1] * 7
+  images = np.concatenate([s["images"] for s in a.values()])
+  assert images.dtype == np.uint8 and images.shape == (12, 8, 8, 1) and images.std() > 0
+  with open(os.path.join(str(tmp_path / "a"), "samples", "manifest.json"),
+            encoding="utf-8") as f:
+    manifest = json.load(f)
+  assert manifest["sampler"]["sampler"] == "gan" and manifest["schedule"] is None
+
+
+def test_a_gan_run_has_no_best_checkpoint_to_sample(gan_run, tmp_path):
+  config = diffusion_configs.get_config("sample")
+  config.sample.update(run_dir=gan_run, checkpoint="best", budget="counts",
+                       class_counts=(1,) * 10)
+  with pytest.raises(CheckpointError, match="keeps only 'latest' checkpoints"):
+    sample_task.sample(config, str(tmp_path / "s"))
+
+
+def test_augment_recipe_with_a_bagan_gp_generator(tmp_path):
+  """The recipe pipeline takes a GAN generator stage: generator (train_gan) -> sample (a GAN
+  sweep) -> baseline -> augmented, ending with the report."""
+  config = synthesis_configs.get_config("augment_gan_tiny")
+  metrics = recipe_task(config, str(tmp_path))
+  with open(tmp_path / "generator" / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["task"] == "train_gan"
+  with open(tmp_path / "sample" / "samples" / "manifest.json", encoding="utf-8") as f:
+    manifest = json.load(f)
+  assert manifest["sampler"]["sampler"] == "gan" and manifest["total"] == 40
+  assert set(metrics["comparison"]["metrics"]) >= {"accuracy", "mcc"}
+  assert (tmp_path / "report.md").exists()
+
+
+def test_guided_and_grouped_recipes_refuse_a_gan_generator():
+  config = synthesis_configs.get_config("augment_gan_tiny")
+  for name in ("online", "equal_scale"):
+    config.recipe.name = name
+    with pytest.raises(ConfigError, match="needs a diffusion generator"):
+      synthesis_recipes.check_config(config)
+  stages = synthesis_recipes.pipeline(synthesis_configs.get_config("diffupt_gan_tiny"), "/tmp/x",
+                                      {n: n for n in ("train_gan", "train_diffusion", "sample",
+                                                      "filter", "train_classifier")}).stages
+  assert stages["generator"].run == "train_gan" and stages["generator"].config.task == "train_gan"
+  assert stages["sample"].config.sample.budget == "counts"

@@ -32,10 +32,10 @@ from jaxsynth.data import augment, pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError, DataError
-from jaxsynth.gan import losses, rounds
+from jaxsynth.gan import losses, rounds, state as gan_state_lib
 from jaxsynth.hardware import compute_dtype
 from jaxsynth.models.gan import BaganGP, make_gan
-from jaxsynth.training import parallel, train_state, workdir as workdir_lib
+from jaxsynth.training import parallel, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
 from jaxsynth.training.optim import make_optimizer
@@ -49,7 +49,6 @@ INITS = ("autoencoder", "none")
 CRITIC_INITS = ("encoder", "independent")
 FAKE_LABELS = ("uniform", "real")
 GRID_STREAM = 2        # fold_in tag of the grids' fixed noise (the root key is the seed's)
-AUTOENCODER_STREAM = 3  # fold_in tag of the autoencoder stage's step keys
 
 
 @dataclasses.dataclass
@@ -136,28 +135,6 @@ def build_setup(config) -> Setup:
   return Setup(train, model, mesh, shape, num_classes, per_epoch, total, ae_steps, settings)
 
 
-def init_variables(setup: Setup, seed: int) -> dict:
-  """Every part's step-0 variables (params and the decoder's batch statistics), on the host."""
-  root = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-  x = jnp.zeros((1, *setup.image_shape), jnp.float32)
-  y = jnp.zeros((1,), jnp.int32)
-  with jax.threefry_partitionable(False):
-    variables = jax.jit(lambda k: setup.model.init(k, x, y))(root)
-  return jax.device_get(dict(variables))
-
-
-def _state(params, stats, opt_state, rng, mesh) -> train_state.TrainState:
-  state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                 model_state={rounds.STATS: stats}, opt_state=opt_state,
-                                 ema_params=jax.tree.map(jnp.copy, params), rng=rng)
-  return jax.device_put(state, parallel.replicated(mesh))
-
-
-def state_key(seed: int, stream: int):
-  """The raw key a stage's TrainState carries (steps fold in their step number)."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
-
-
 def autoencoder_stage(config, setup: Setup, workdir: str, variables: dict,
                       stop: StopRequest | None) -> dict:
   """Trains (or resumes, or reads back) the supervised autoencoder in WORKDIR/autoencoder;
@@ -165,9 +142,7 @@ def autoencoder_stage(config, setup: Setup, workdir: str, variables: dict,
   directory = os.path.join(workdir, AUTOENCODER_DIR)
   os.makedirs(directory, exist_ok=True)
   tx = make_optimizer(config.train, float(config.train.learning_rate))
-  params = {k: variables["params"][k] for k in rounds.AUTOENCODER}
-  state = _state(params, variables[rounds.STATS], tx.init(params),
-                 state_key(config.seed, AUTOENCODER_STREAM), setup.mesh)
+  state = gan_state_lib.autoencoder_state(variables, tx, config.seed, setup.mesh)
   checkpointer = Checkpointer(directory, config.train.keep_checkpoints)
   writer = None
   try:
@@ -187,10 +162,11 @@ def autoencoder_stage(config, setup: Setup, workdir: str, variables: dict,
       step = rounds.make_autoencoder_step(setup.model, tx, setup.mesh)
       state, meta = train_loop(state, step, parallel.global_batches(dataset, setup.mesh),
                                settings, checkpointer, writer, None, meta, stop)
-      if jax.process_index() == 0:
-        workdir_lib.write_json(os.path.join(directory, workdir_lib.METRICS_FILE),
-                               {"steps": setup.autoencoder_steps,
-                                "train": {k: float(v) for k, v in meta.get("train", {}).items()}})
+    metrics = os.path.join(directory, workdir_lib.METRICS_FILE)
+    if jax.process_index() == 0 and not os.path.exists(metrics):   # also after a kill just
+      workdir_lib.write_json(metrics, {                             # before it was written
+          "steps": setup.autoencoder_steps,
+          "train": {k: float(v) for k, v in meta.get("train", {}).items()}})
   finally:
     if writer is not None:
       writer.close()
@@ -201,14 +177,6 @@ def autoencoder_stage(config, setup: Setup, workdir: str, variables: dict,
     critic = dict(params["critic"], trunk=params["encoder"]["trunk"])
     params["critic"] = critic
   return {"params": params, rounds.STATS: trained.model_state[rounds.STATS]}
-
-
-def gan_state(config, setup: Setup, variables: dict, g_tx, c_tx) -> train_state.TrainState:
-  """The round-0 state: the whole BaganGP tree, one optimiser state per player."""
-  params = variables["params"]
-  opt_state = {"generator": g_tx.init(rounds.generator_params(params)),
-               "critic": c_tx.init(params["critic"])}
-  return _state(params, variables[rounds.STATS], opt_state, state_key(config.seed, 1), setup.mesh)
 
 
 def grid_images(config, setup: Setup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,15 +222,15 @@ def train_gan(config, workdir: str, overwrite: bool = False,
   workdir_lib.prepare(workdir, config, overwrite)
   log.info("train split of %s: %d images of %s, classes %s", setup.train.name, len(setup.train),
            setup.image_shape, setup.train.class_counts().tolist())
-  g_tx = make_optimizer(config.train, float(config.train.learning_rate))
-  c_tx = make_optimizer(config.train, float(config.train.learning_rate))
-  variables = init_variables(setup, config.seed)
+  g_tx, c_tx = gan_state_lib.optimizers(config.train)
+  variables = gan_state_lib.init_variables(setup.model, setup.image_shape, config.seed)
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
   writer = None
   try:
     if setup.autoencoder_steps and checkpointer.latest_step() is None:
       variables = autoencoder_stage(config, setup, workdir, variables, stop)
-    state, meta = checkpointer.resume(gan_state(config, setup, variables, g_tx, c_tx))
+    state, meta = checkpointer.resume(
+        gan_state_lib.gan_state(variables, g_tx, c_tx, config.seed, setup.mesh))
     start = int(jax.device_get(state.step))
     dataset = pipeline.train_dataset(
         setup.train, config.data, global_batch=setup.settings.critic_steps * setup.settings.batch_size,
