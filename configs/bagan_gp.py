@@ -3,6 +3,9 @@
 Variants (`--config configs/bagan_gp.py:VARIANT`, add `:tiny` for the tests' size):
   bagan_gp  (default) supervised autoencoder init, balanced fake labels, wrong-label term,
             logistic loss with the WGAN-GP penalty (eq. 14-15)
+  bagan     the original BAGAN (Mariani et al. 2018): unconditional L2 autoencoder, class
+            Gaussians over its latents, a K + 1 way softmax critic started from the encoder,
+            one critic update per generator update, no penalty
   cdragan   conditional DRAGAN: no autoencoder, fake images carry the real labels (eq. 12-13)
   wgan_gp   conditional WGAN-GP: Wasserstein loss with the penalty (eq. 8-9), real labels
 
@@ -23,11 +26,12 @@ import ml_collections
 from jaxsynth.config import base_config
 from jaxsynth.models.gan import gan_model_config
 
-VARIANTS = ("bagan_gp", "cdragan", "wgan_gp")
+VARIANTS = ("bagan_gp", "bagan", "cdragan", "wgan_gp")
 
 
 def get_config(variant: str | None = None):
-  """Returns the GAN config; `variant` is bagan_gp | cdragan | wgan_gp, optionally `:tiny`."""
+  """Returns the GAN config; `variant` is bagan_gp | bagan | cdragan | wgan_gp, optionally
+  `:tiny`."""
   name, _, size = (variant or "bagan_gp").partition(":")
   if name == "tiny" and not size:      # `:tiny` alone is the default variant's tiny size
     name, size = "bagan_gp", "tiny"
@@ -43,11 +47,13 @@ def get_config(variant: str | None = None):
 
   config.gan = g = ml_collections.ConfigDict()
   g.adversarial = "logistic"         # logistic (DRAGAN-like, eq. 10-15) | wasserstein (eq. 8-9)
+  #                                    | classifier (BAGAN's K + 1 way critic)
   g.wrong_label_term = True          # eq. 14: real images under wrong labels count as fake
   g.fake_labels = "uniform"          # uniform: balanced over classes (BAGAN) | real: the batch's
   g.init = "autoencoder"             # autoencoder: supervised autoencoder first | none
   g.autoencoder_epochs = 30.0        # the authors' code: 30 epochs of L1
   g.autoencoder_steps = 0            # > 0 overrides autoencoder_epochs
+  g.autoencoder_loss = "l1"          # l1 (BAGAN-GP's code: mean absolute error) | l2 (BAGAN)
   g.critic_init = "encoder"          # encoder: the critic's trunk from the encoder (the paper)
   #                                    independent: from scratch (the authors' code)
   g.gp_weight = 10.0                 # lambda
@@ -72,6 +78,9 @@ def get_config(variant: str | None = None):
     g.critic_init = "independent"
   if name == "wgan_gp":
     g.adversarial = "wasserstein"
+  if name == "bagan":
+    g.adversarial, g.wrong_label_term, g.gp_weight, g.critic_steps = "classifier", False, 0.0, 1
+    g.autoencoder_loss = "l2"
 
   if size == "tiny":
     config.data.image_size = 8

@@ -1235,6 +1235,12 @@ def _(ctx):
              ("config key 'gan.wrong_label_term'", "logistic loss (eq. 14)"))
 
 
+@case("gan_bagan_with_a_gradient_penalty")
+def _(ctx):
+  return Bad(gan(ctx, "--config.gan.gp_weight=10.0", variant="bagan:tiny"),
+             ("config key 'gan.init'", "gan.gp_weight=0"))
+
+
 def _params():
   for name, (fn, xfail) in CASES.items():
     marks = [pytest.mark.xfail(reason=xfail, strict=False)] if xfail else []

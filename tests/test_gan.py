@@ -14,6 +14,7 @@ import pytest
 from configs import bagan_gp, diffusion as diffusion_configs, synthesis as synthesis_configs
 from jaxsynth.errors import CheckpointError, ConfigError
 from jaxsynth.gan import losses, rounds, state as gan_state
+from jaxsynth.models import gan as gan_models
 from jaxsynth.models.gan import make_gan
 from jaxsynth.recipes import synthesis as synthesis_recipes
 from jaxsynth.tasks import sample as sample_task
@@ -162,7 +163,7 @@ def _run(workdir, stop=None, variant="bagan_gp:tiny"):
   return gan_task.train_gan(tiny(variant), str(workdir), stop=stop)
 
 
-@pytest.mark.parametrize("variant", ["bagan_gp:tiny", "wgan_gp:tiny"])
+@pytest.mark.parametrize("variant", ["bagan_gp:tiny", "wgan_gp:tiny", "bagan:tiny"])
 def test_a_tiny_run_is_deterministic_and_resumes_bit_identically(tmp_path, variant):
   """Stopped once in the autoencoder stage and once between rounds, the run ends with the
   same parameters, optimiser states and batch statistics as an uninterrupted one."""
@@ -171,7 +172,7 @@ def test_a_tiny_run_is_deterministic_and_resumes_bit_identically(tmp_path, varia
   assert_trees_equal(load_params(str(tmp_path / "a")), load_params(str(tmp_path / "b")))
 
   stops = [StopRequest(at_step=3)]
-  if variant.startswith("bagan_gp"):
+  if variant.startswith("bagan"):
     stops.insert(0, StopRequest(at_step=2))   # inside the 3-step autoencoder stage
   for stop in stops:
     with pytest.raises(Preempted):
@@ -179,7 +180,7 @@ def test_a_tiny_run_is_deterministic_and_resumes_bit_identically(tmp_path, varia
   resumed = _run(tmp_path / "c", variant=variant)
   assert_trees_equal(load_params(str(tmp_path / "a")), load_params(str(tmp_path / "c")))
   assert resumed["train"] == pytest.approx(whole["train"])
-  if variant.startswith("bagan_gp"):
+  if variant.startswith("bagan"):
     assert (tmp_path / "c" / "autoencoder" / "metrics.json").exists()
   assert sorted(p.name for p in (tmp_path / "a" / "grids").iterdir()) == [
       "step-000002.png", "step-000004.png"]
@@ -278,3 +279,42 @@ def test_guided_and_grouped_recipes_refuse_a_gan_generator():
                                                       "filter", "train_classifier")}).stages
   assert stages["generator"].run == "train_gan" and stages["generator"].config.task == "train_gan"
   assert stages["sample"].config.sample.budget == "counts"
+
+
+def test_bagan_latents_follow_each_class_gaussian():
+  """BAGAN's class-conditional latent generator: z = mu_c + S_c eps has mean mu_c and
+  covariance S_c S_c^T, including a singular one (a class with fewer images than dimensions)."""
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(3, 3))
+  few = rng.normal(size=(2, 3))                         # 2 images in 3-d: rank-1 covariance
+  cov = [a @ a.T, np.cov(few, rowvar=False)]
+  scales = []
+  for c in cov:
+    values, vectors = np.linalg.eigh(c)
+    scales.append((vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T)
+  latents = {"mean": jnp.asarray([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]]),
+             "scale": jnp.asarray(np.stack(scales), jnp.float32)}
+  labels = jnp.asarray([0] * 20000 + [1] * 20000)
+  z = np.asarray(gan_models.class_conditional_latent(
+      jax.random.normal(jax.random.PRNGKey(0), (40000, 3)), labels, latents))
+  for c in range(2):
+    draws = z[np.asarray(labels) == c]
+    np.testing.assert_allclose(draws.mean(0), latents["mean"][c], atol=0.05)
+    np.testing.assert_allclose(np.cov(draws, rowvar=False), cov[c], atol=0.08)
+
+
+def test_bagan_losses_are_the_k_plus_1_way_cross_entropies():
+  logits_real = jnp.asarray([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+  logits_fake = jnp.asarray([[0.0, 0.0, 3.0]])
+  p = jax.nn.log_softmax(jnp.concatenate([logits_real, logits_fake]))
+  expected = -(p[0, 0] + p[1, 1] + p[2, 2]) / 3        # fake = class index K = 2
+  got = losses.classifier_critic_terms(logits_real, jnp.asarray([0, 1]), logits_fake, 2)
+  assert float(got) == pytest.approx(float(expected), rel=1e-6)
+  g = losses.classifier_generator_terms(logits_fake, jnp.asarray([1]))
+  assert float(g) == pytest.approx(float(-jax.nn.log_softmax(logits_fake)[0, 1]), rel=1e-6)
+
+
+def test_bagan_fakes_are_one_in_k_plus_1_of_the_critic_batch():
+  s = _settings(batch_size=64, num_classes=5, adversarial="classifier", wrong_label_term=False)
+  draws = rounds.critic_draws(jax.random.PRNGKey(0), jnp.zeros((64,), jnp.int32), s)
+  assert draws.noise.shape == (13, 4) and draws.fake_labels.shape == (13,)   # ceil(64 / 5)

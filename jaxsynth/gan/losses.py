@@ -8,6 +8,9 @@ log sigmoid(D(x)), so -log sigmoid(d) = softplus(-d) and -log(1 - sigmoid(d)) = 
           + lambda GP,          L_G = softplus(-D(G(z, y_f), y_f))
 - `wasserstein` (WGAN-GP eq. 8-9):
     L_D = D(G(z, y_f), y_f) - D(x_r, y_r) + lambda GP,     L_G = -D(G(z, y_f), y_f)
+- `classifier` (BAGAN, Mariani et al. 2018 §4): a K + 1 way critic; sparse cross-entropy of
+  the real images to their classes and the fake ones to `fake` (index K), over the joint batch;
+  the generator's cross-entropy of D(G(z_c)) to c.
 (means over the batch). GP (eq. 7-8) = E[(||grad_x D(x^, y_r)||_2 - 1)^2] on the interpolates
 x^ = alpha x_r + (1 - alpha) x_g ("model interpolation").
 """
@@ -18,8 +21,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
-ADVERSARIAL = ("logistic", "wasserstein")
+ADVERSARIAL = ("logistic", "wasserstein", "classifier")
 ALPHAS = ("uniform", "normal")
 
 
@@ -86,3 +90,17 @@ def wrong_labels(key, labels, num_classes: int) -> jax.Array:
   """
   shift = jax.random.randint(key, labels.shape, 1, num_classes)
   return (labels + shift) % num_classes
+
+
+def classifier_critic_terms(logits_real, labels, logits_fake, num_classes: int) -> jax.Array:
+  """BAGAN's discriminator loss: cross-entropy over the joint batch of real images (their
+  class) and fake ones (class `fake` = num_classes)."""
+  fake_labels = jnp.full(logits_fake.shape[:1], num_classes)
+  logits = jnp.concatenate([logits_real, logits_fake])
+  targets = jnp.concatenate([labels, fake_labels])
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+
+
+def classifier_generator_terms(logits_fake, labels) -> jax.Array:
+  """BAGAN's generator loss: cross-entropy of the critic's logits on G(z_c) to class c."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_fake, labels))

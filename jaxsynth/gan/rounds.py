@@ -21,11 +21,13 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxsynth.gan import losses
+from jaxsynth.models.gan import class_conditional_latent
 from jaxsynth.training import parallel, train_state
 
 GENERATOR = ("embedding", "decoder")   # the generator's parameters in the BaganGP tree
-AUTOENCODER = ("encoder", "embedding", "decoder")
+AUTOENCODER = ("encoder", "embedding", "decoder")   # (BAGAN's have no embedding)
 STATS = "batch_stats"                  # the decoder's batch norm statistics
+CLASS_LATENTS = "class_latents"        # BAGAN: the classes' latent Gaussians (fixed in rounds)
 CRITIC_STREAM = 0
 GENERATOR_STREAM = 1
 
@@ -37,22 +39,41 @@ class RoundSettings:
   num_classes: int
   latent_dim: int
   critic_steps: int = 5
-  adversarial: str = "logistic"        # logistic (eq. 10-15) | wasserstein (eq. 8-9)
+  adversarial: str = "logistic"        # logistic (eq. 10-15) | wasserstein (eq. 8-9) |
+  #                                      classifier (BAGAN: K + 1 way, `fake` = K)
   wrong_label_term: bool = True        # eq. 14's -log(1 - D(x_r, y_wrong))
   fake_labels: str = "uniform"         # uniform (balanced, eq. 14) | real (eq. 12-13)
   gp_weight: float = 10.0
   gp_alpha: str = "uniform"            # uniform (paper) | normal (the authors' code)
   ema_decay: float = 0.0
+  autoencoder_loss: str = "l1"         # l1 (BAGAN-GP's code) | l2 (BAGAN)
+
+  @property
+  def fake_batch(self) -> int:
+    """Fake images per critic update: B, or ceil(B / K) for BAGAN's classifier critic (so that
+    1/(K+1) of its batch is fake)."""
+    if self.adversarial == "classifier":
+      return -(-self.batch_size // self.num_classes)
+    return self.batch_size
 
 
 def generator_params(params) -> dict:
   """The generator's part {embedding, decoder} of a BaganGP parameter tree."""
-  return {k: params[k] for k in GENERATOR}
+  return {k: params[k] for k in GENERATOR if k in params}
 
 
-def make_autoencoder_step(model: nn.Module, tx, mesh, ema_decay: float = 0.0):
-  """Jitted (state, batch) -> (state, metrics): one L1 step of the supervised autoencoder
-  (Fig. 3). The state's params are {encoder, embedding, decoder}."""
+def generator_latent(noise, labels, model_state):
+  """The generator's input for N(0, I) `noise`: itself, or (BAGAN) the class's Gaussian draw."""
+  if CLASS_LATENTS in model_state:
+    return class_conditional_latent(noise, labels, model_state[CLASS_LATENTS])
+  return noise
+
+
+def make_autoencoder_step(model: nn.Module, tx, mesh, ema_decay: float = 0.0,
+                          loss: str = "l1"):
+  """Jitted (state, batch) -> (state, metrics): one L1 (or L2) step of the autoencoder: the
+  supervised one of BAGAN-GP (Fig. 3), BAGAN's unconditional one. The state's params are
+  {encoder, [embedding,] decoder}."""
 
   def step(state: train_state.TrainState, batch):
     x = jax.lax.with_sharding_constraint(batch["image"], parallel.batch_sharding(mesh))
@@ -60,9 +81,10 @@ def make_autoencoder_step(model: nn.Module, tx, mesh, ema_decay: float = 0.0):
     def loss_fn(params):
       recon, new = model.apply({"params": params, **state.model_state}, x, batch["label"],
                                train=True, method=model.reconstruct, mutable=[STATS])
-      return jnp.mean(jnp.abs(recon - x)), new
+      error = recon - x
+      return jnp.mean(jnp.abs(error) if loss == "l1" else jnp.square(error)), new
 
-    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (value, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
@@ -70,8 +92,8 @@ def make_autoencoder_step(model: nn.Module, tx, mesh, ema_decay: float = 0.0):
                           model_state=dict(new_state),
                           ema_params=train_state.ema_update(state.ema_params, params, ema_decay,
                                                             state.step))
-    return state, {"l1": loss, "grad_norm": grad_norm,
-                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+    return state, {loss: value, "grad_norm": grad_norm,
+                   "finite": jnp.isfinite(value) & jnp.isfinite(grad_norm)}
 
   replicated = parallel.replicated(mesh)
   return jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
@@ -88,12 +110,12 @@ class Draws(NamedTuple):
 
 def critic_draws(key, real_labels, settings: RoundSettings) -> Draws:
   """The draws of one update from its key, given the real labels of its batch."""
-  s, b = settings, real_labels.shape[0]
+  s, b, f = settings, real_labels.shape[0], settings.fake_batch
   k_noise, k_label, k_wrong, k_alpha = jax.random.split(key, 4)
-  fake = (losses.balanced_labels(k_label, b, s.num_classes) if s.fake_labels == "uniform"
+  fake = (losses.balanced_labels(k_label, f, s.num_classes) if s.fake_labels == "uniform"
           else real_labels)
   wrong = losses.wrong_labels(k_wrong, real_labels, s.num_classes) if s.wrong_label_term else None
-  return Draws(jax.random.normal(k_noise, (b, s.latent_dim)), fake, wrong,
+  return Draws(jax.random.normal(k_noise, (f, s.latent_dim)), fake, wrong,
                losses.interpolation_weights(k_alpha, b, s.gp_alpha))
 
 
@@ -107,7 +129,8 @@ def round_program(model: nn.Module, settings: RoundSettings, g_tx, c_tx, mesh=No
     return lambda x, y: model.apply({"params": {"critic": critic_params}}, x, y,
                                     method=model.criticise)
 
-  def generate(gen_params, stats, z, labels):
+  def generate(gen_params, stats, class_latents, noise, labels):
+    z = generator_latent(noise, labels, class_latents)
     fake, new = model.apply({"params": gen_params, STATS: stats}, z, labels, train=True,
                             method=model.generate, mutable=[STATS])
     return fake, new[STATS]
@@ -123,26 +146,32 @@ def round_program(model: nn.Module, settings: RoundSettings, g_tx, c_tx, mesh=No
     critic_key = jax.random.fold_in(key, CRITIC_STREAM)
     critic_keys = jax.vmap(lambda i: jax.random.fold_in(critic_key, i))(jnp.arange(n))
     gen_params = generator_params(state.params)
+    fixed = {k: v for k, v in state.model_state.items() if k != STATS}   # BAGAN's Gaussians
 
     def critic_step(carry, xs):
       critic_params, opt_state, stats = carry
       real, y_real, k = xs
       draws = critic_draws(k, y_real, s)
       y_fake, y_wrong, alpha = draws.fake_labels, draws.wrong_labels, draws.alpha
-      fake, stats = generate(gen_params, stats, draws.noise, y_fake)
+      fake, stats = generate(gen_params, stats, fixed, draws.noise, y_fake)
       fake = jax.lax.stop_gradient(fake)
 
       def loss_fn(cp):
         critic = critic_of(cp)
         d_real, d_fake = critic(real, y_real), critic(fake, y_fake)
+        if s.adversarial == "classifier":
+          loss = losses.classifier_critic_terms(d_real, y_real, d_fake, s.num_classes)
+          return loss, {"real_accuracy": jnp.mean(jnp.argmax(d_real, -1) == y_real),
+                        "fake_detected": jnp.mean(jnp.argmax(d_fake, -1) == s.num_classes)}
         d_wrong = critic(real, y_wrong) if y_wrong is not None else None
         adversarial = losses.critic_terms(s.adversarial, d_real, d_fake, d_wrong)
-        penalty = losses.gradient_penalty(critic, real, fake, y_real, alpha)
-        parts = {"d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake),
-                 "gradient_penalty": penalty}
+        parts = {"d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
         if d_wrong is not None:
           parts["d_wrong"] = jnp.mean(d_wrong)
-        return adversarial + s.gp_weight * penalty, parts
+        if s.gp_weight > 0:
+          parts["gradient_penalty"] = losses.gradient_penalty(critic, real, fake, y_real, alpha)
+          adversarial = adversarial + s.gp_weight * parts["gradient_penalty"]
+        return adversarial, parts
 
       (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(critic_params)
       updates, opt_state = c_tx.update(grads, opt_state, critic_params)
@@ -159,9 +188,11 @@ def round_program(model: nn.Module, settings: RoundSettings, g_tx, c_tx, mesh=No
     y_fake, z = draws.fake_labels, draws.noise
 
     def generator_loss(gp):
-      fake, new_stats = generate(gp, stats, z, y_fake)
-      return losses.generator_terms(s.adversarial, critic_of(critic_params)(fake, y_fake)), \
-          new_stats
+      fake, new_stats = generate(gp, stats, fixed, z, y_fake)
+      scores = critic_of(critic_params)(fake, y_fake)
+      if s.adversarial == "classifier":   # D should name the class the image was drawn for
+        return losses.classifier_generator_terms(scores, y_fake), new_stats
+      return losses.generator_terms(s.adversarial, scores), new_stats
 
     (g_loss, stats), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(gen_params)
     updates, gen_opt = g_tx.update(g_grads, state.opt_state["generator"], gen_params)
@@ -173,7 +204,7 @@ def round_program(model: nn.Module, settings: RoundSettings, g_tx, c_tx, mesh=No
                    finite=jnp.isfinite(metrics["critic_loss"]) & jnp.isfinite(g_loss) &
                    jnp.isfinite(g_norm))
     new_state = state.replace(
-        step=state.step + 1, params=params, model_state={STATS: stats},
+        step=state.step + 1, params=params, model_state={**fixed, STATS: stats},
         opt_state={"generator": gen_opt, "critic": critic_opt},
         ema_params=train_state.ema_update(state.ema_params, params, s.ema_decay, state.step))
     return new_state, metrics
@@ -190,10 +221,12 @@ def make_round(model: nn.Module, settings: RoundSettings, g_tx, c_tx, mesh):
 
 
 def make_generate(model: nn.Module):
-  """Jitted (params, model_state, z, labels) -> images (inference-mode batch norm)."""
+  """Jitted (params, model_state, noise, labels) -> images (inference-mode batch norm; BAGAN's
+  noise becomes the class's latent draw)."""
 
-  def generate(params, model_state, z, labels):
-    return model.apply({"params": generator_params(params), **model_state}, z, labels,
-                       method=model.generate)
+  def generate(params, model_state, noise, labels):
+    z = generator_latent(noise, labels, model_state)
+    return model.apply({"params": generator_params(params), STATS: model_state[STATS]}, z,
+                       labels, method=model.generate)
 
   return jax.jit(generate)

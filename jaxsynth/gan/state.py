@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsynth.gan.rounds import AUTOENCODER, STATS, generator_params
+from jaxsynth.gan.rounds import AUTOENCODER, CLASS_LATENTS, STATS, generator_params
 from jaxsynth.training import parallel, train_state
 from jaxsynth.training.optim import make_optimizer
 
@@ -15,14 +15,27 @@ GAN_STREAM = 1           # fold_in tag of the rounds' state key (the root key is
 AUTOENCODER_STREAM = 3   # fold_in tag of the autoencoder stage's state key
 
 
-def init_variables(model, image_shape, seed: int) -> dict:
-  """Every part's step-0 variables (params and the decoder's batch statistics), on the host."""
-  root = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+def _init(model, image_shape, key) -> dict:
   x = jnp.zeros((1, *image_shape), jnp.float32)
-  y = jnp.zeros((1,), jnp.int32)
+  variables = dict(model.init(key, x, jnp.zeros((1,), jnp.int32)))
+  if model.conditioning == "gaussian":   # BAGAN: set from the autoencoder's latents later
+    d, k = model.latent_dim, model.num_classes
+    variables[CLASS_LATENTS] = {"mean": jnp.zeros((k, d)), "scale": jnp.zeros((k, d, d))}
+  return variables
+
+
+def init_variables(model, image_shape, seed: int) -> dict:
+  """Every part's step-0 variables (params, the decoder's batch statistics and, for BAGAN, the
+  classes' latent Gaussians), on the host."""
+  root = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
   with jax.threefry_partitionable(False):
-    variables = jax.jit(lambda k: model.init(k, x, y))(root)
-  return jax.device_get(dict(variables))
+    variables = jax.jit(lambda k: _init(model, image_shape, k))(root)
+  return jax.device_get(variables)
+
+
+def model_state_of(variables: dict) -> dict:
+  """The non-trainable collections of `variables` (batch statistics, class Gaussians)."""
+  return {k: v for k, v in variables.items() if k != "params"}
 
 
 def state_key(seed: int, stream: int):
@@ -30,10 +43,10 @@ def state_key(seed: int, stream: int):
   return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
 
 
-def new_state(params, stats, opt_state, rng, mesh) -> train_state.TrainState:
+def new_state(params, model_state, opt_state, rng, mesh) -> train_state.TrainState:
   """A step-0 TrainState (EMA = a copy of the params), replicated over `mesh`."""
   state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                 model_state={STATS: stats}, opt_state=opt_state,
+                                 model_state=model_state, opt_state=opt_state,
                                  ema_params=jax.tree.map(jnp.copy, params), rng=rng)
   return jax.device_put(state, parallel.replicated(mesh))
 
@@ -45,10 +58,10 @@ def optimizers(train_cfg) -> tuple[optax.GradientTransformation, optax.GradientT
 
 
 def autoencoder_state(variables: dict, tx, seed: int, mesh) -> train_state.TrainState:
-  """The autoencoder stage's step-0 state: params {encoder, embedding, decoder}."""
-  params = {k: variables["params"][k] for k in AUTOENCODER}
-  return new_state(params, variables[STATS], tx.init(params), state_key(seed, AUTOENCODER_STREAM),
-                   mesh)
+  """The autoencoder stage's step-0 state: params {encoder, [embedding,] decoder}."""
+  params = {k: variables["params"][k] for k in AUTOENCODER if k in variables["params"]}
+  return new_state(params, {STATS: variables[STATS]}, tx.init(params),
+                   state_key(seed, AUTOENCODER_STREAM), mesh)
 
 
 def gan_state(variables: dict, g_tx, c_tx, seed: int, mesh) -> train_state.TrainState:
@@ -56,7 +69,8 @@ def gan_state(variables: dict, g_tx, c_tx, seed: int, mesh) -> train_state.Train
   params = variables["params"]
   opt_state = {"generator": g_tx.init(generator_params(params)),
                "critic": c_tx.init(params["critic"])}
-  return new_state(params, variables[STATS], opt_state, state_key(seed, GAN_STREAM), mesh)
+  return new_state(params, model_state_of(variables), opt_state, state_key(seed, GAN_STREAM),
+                   mesh)
 
 
 def abstract_gan_state(model, image_shape, train_cfg, mesh) -> train_state.TrainState:
@@ -64,11 +78,10 @@ def abstract_gan_state(model, image_shape, train_cfg, mesh) -> train_state.Train
   g_tx, c_tx = optimizers(train_cfg)
 
   def build():
-    x = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = dict(model.init(jax.random.PRNGKey(0), x, jnp.zeros((1,), jnp.int32)))
+    variables = _init(model, image_shape, jax.random.PRNGKey(0))
     params = variables["params"]
     return train_state.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, model_state={STATS: variables[STATS]},
+        step=jnp.zeros((), jnp.int32), params=params, model_state=model_state_of(variables),
         opt_state={"generator": g_tx.init(generator_params(params)),
                    "critic": c_tx.init(params["critic"])},
         ema_params=params, rng=jax.random.PRNGKey(0))

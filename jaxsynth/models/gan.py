@@ -25,7 +25,10 @@ import ml_collections
 
 from jaxsynth.errors import ConfigError
 
-GANS = ("bagan_gp", "cdragan", "wgan_gp")
+GANS = ("bagan_gp", "bagan", "cdragan", "wgan_gp")
+#: How the generator is told the class: `embedding` (BAGAN-GP: z * embedding(label)) or
+#: `gaussian` (BAGAN: z drawn from the class's Gaussian over the autoencoder's latents).
+CONDITIONINGS = ("embedding", "gaussian")
 INIT = nn.initializers.normal(0.02)      # the authors' RandomNormal(stddev=0.02) for convolutions
 
 
@@ -114,11 +117,40 @@ class Critic(nn.Module):
     return nn.Dense(1, dtype=self.dtype, name="score")(joint)[:, 0].astype(jnp.float32)
 
 
-class BaganGP(nn.Module):
-  """The supervised autoencoder, the generator (label embedding + decoder) and the critic.
+class ClassCritic(nn.Module):
+  """BAGAN's discriminator (Mariani et al. 2018, Fig. 3b): the encoder's topology (trunk and
+  latent layer, named as the encoder's so its weights can start it) and a dense layer to K + 1
+  logits, the classes and `fake` (index K)."""
+  channels: Sequence[int]
+  latent_dim: int
+  num_classes: int
+  dtype: Any = jnp.float32
 
-  Parameters: `encoder`, `embedding` (the label embedding of the latent), `decoder`, `critic`;
-  the generator is {embedding, decoder}. `__call__` touches every part (for init).
+  @nn.compact
+  def __call__(self, x, labels=None):
+    del labels   # the class is what this critic predicts, not an input
+    features = ConvTrunk(self.channels, self.dtype, name="trunk")(x)
+    latent = _leaky(nn.Dense(self.latent_dim, dtype=self.dtype, name="latent")(features))
+    return nn.Dense(self.num_classes + 1, dtype=self.dtype, name="classes")(latent).astype(
+        jnp.float32)
+
+
+def class_conditional_latent(noise, labels, class_latents):
+  """BAGAN's class-conditional latent vector generator: z = mu_y + S_y eps for eps = `noise`
+  ~ N(0, I), with S_y S_y^T = Sigma_y (class_latents: {"mean": (K, d), "scale": (K, d, d)})."""
+  mean, scale = class_latents["mean"][labels], class_latents["scale"][labels]
+  return mean + jnp.einsum("bij,bj->bi", scale, noise)
+
+
+class BaganGP(nn.Module):
+  """The autoencoder, the generator (decoder, told the class by a label embedding) and the
+  critic.
+
+  Parameters: `encoder`, `embedding` (the label embedding of the latent; conditioning=embedding
+  only), `decoder`, `critic`; the generator is {embedding, decoder}. With
+  conditioning=gaussian (BAGAN) the autoencoder is unconditional, the generator is the decoder
+  fed class-conditional latents (class_conditional_latent) and the critic is a ClassCritic.
+  `__call__` touches every part (for init).
   """
   num_classes: int
   channels: Sequence[int]
@@ -127,17 +159,24 @@ class BaganGP(nn.Module):
   base: tuple[int, int]
   critic_label_dim: int = 512
   critic_hidden: int = 512
+  conditioning: str = "embedding"
   dtype: Any = jnp.float32
 
   def setup(self):
     self.encoder = Encoder(self.channels, self.latent_dim, self.dtype)
-    self.embedding = nn.Embed(self.num_classes, self.latent_dim)
     self.decoder = Decoder(self.channels, self.out_channels, self.base, self.dtype)
-    self.critic = Critic(self.channels, self.num_classes, self.critic_label_dim,
-                         self.critic_hidden, self.dtype)
+    if self.conditioning == "embedding":
+      self.embedding = nn.Embed(self.num_classes, self.latent_dim)
+      self.critic = Critic(self.channels, self.num_classes, self.critic_label_dim,
+                           self.critic_hidden, self.dtype)
+    else:
+      self.critic = ClassCritic(self.channels, self.latent_dim, self.num_classes, self.dtype)
 
   def labelled(self, latent, labels):
-    """The labelled latent: latent * embedding(label), element-wise (Fig. 3)."""
+    """The labelled latent: latent * embedding(label), element-wise (Fig. 3); BAGAN's latents
+    carry the class already (they are drawn from its Gaussian) and pass unchanged."""
+    if self.conditioning != "embedding":
+      return latent
     return latent * self.embedding(labels).astype(latent.dtype)
 
   def encode(self, x):
@@ -149,11 +188,12 @@ class BaganGP(nn.Module):
     return self.decoder(self.labelled(self.encoder(x), labels), train)
 
   def generate(self, z, labels, train: bool = False):
-    """The generator: decoder(z * embedding(label)), z ~ N(0, I)."""
+    """The generator: decoder(z * embedding(label)), z ~ N(0, I); BAGAN: decoder(z) for z from
+    the class's Gaussian."""
     return self.decoder(self.labelled(z, labels), train)
 
   def criticise(self, x, labels):
-    """The critic's score of (image, label) pairs."""
+    """The critic's score of (image, label) pairs; BAGAN: K + 1 logits per image."""
     return self.critic(x, labels)
 
   def __call__(self, x, labels, train: bool = False):
@@ -187,4 +227,6 @@ def make_gan(model_cfg, num_classes: int, image_shape, dtype=jnp.float32) -> Bag
                  latent_dim=int(model_cfg.latent_dim), out_channels=int(image_shape[-1]),
                  base=decoder_base(model_cfg, image_shape),
                  critic_label_dim=int(model_cfg.critic_label_dim),
-                 critic_hidden=int(model_cfg.critic_hidden), dtype=dtype)
+                 critic_hidden=int(model_cfg.critic_hidden),
+                 conditioning="gaussian" if model_cfg.name == "bagan" else "embedding",
+                 dtype=dtype)

@@ -19,7 +19,7 @@ from jaxsynth.data import pipeline
 from jaxsynth.data.base import ImageSource
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import CheckpointError
-from jaxsynth.gan.rounds import STATS, generator_params
+from jaxsynth.gan.rounds import STATS, generator_latent, generator_params
 from jaxsynth.gan.state import abstract_gan_state
 from jaxsynth.hardware import compute_dtype
 from jaxsynth.models.gan import BaganGP, make_gan
@@ -35,7 +35,8 @@ class GanGenerator:
   run_dir: str
   config: ml_collections.ConfigDict   # the run's resolved config.json
   model: BaganGP
-  variables: Any                      # {"params": generator EMA params, "batch_stats": ...}
+  variables: Any                      # {"params": generator EMA params, "batch_stats": ...,
+  #                                     and BAGAN's "class_latents"}
   step: int                           # the loaded checkpoint's round
   image_shape: tuple[int, int, int]
   train: ImageSource                  # the run's own train split
@@ -67,7 +68,7 @@ def load_gan(run_dir: str, run: ml_collections.ConfigDict, mesh, which: str = "l
     state, meta = checkpointer.restore(abstract, which, step)
   finally:
     checkpointer.close()
-  variables = {"params": generator_params(state.ema_params), STATS: state.model_state[STATS]}
+  variables = {"params": generator_params(state.ema_params), **state.model_state}
   return GanGenerator(os.path.abspath(run_dir), run, model, variables, int(meta["step"]),
                       image_shape, train)
 
@@ -78,9 +79,11 @@ def make_gan_sampler(model: BaganGP, mesh):
 
   def run(variables, labels, global_indices, root_key):
     keys = jax.vmap(lambda i: jax.random.fold_in(root_key, i))(global_indices)
-    z = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,)))(keys)
-    z = jax.lax.with_sharding_constraint(z, parallel.batch_sharding(mesh))
-    return model.apply(variables, z, labels, method=model.generate)
+    noise = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,)))(keys)
+    noise = jax.lax.with_sharding_constraint(noise, parallel.batch_sharding(mesh))
+    z = generator_latent(noise, labels, variables)
+    return model.apply({"params": variables["params"], STATS: variables[STATS]}, z, labels,
+                       method=model.generate)
 
   batch = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)

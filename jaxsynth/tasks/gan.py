@@ -81,6 +81,18 @@ def check_config(config) -> None:
     raise _bad("gan.wrong_label_term", g.wrong_label_term,
                "the wrong-label term is part of the logistic loss (eq. 14): set it False or "
                "use gan.adversarial=logistic")
+  bagan = config.model.name == "bagan"
+  if bagan != (g.adversarial == "classifier"):
+    raise _bad("gan.adversarial", g.adversarial,
+               "BAGAN (model.name=bagan) and only it has the K + 1 way classifier critic: use "
+               "adversarial=classifier with model.name=bagan (configs/bagan_gp.py:bagan), "
+               "logistic or wasserstein otherwise")
+  if bagan and (g.init != "autoencoder" or g.gp_weight or g.fake_labels != "uniform"):
+    raise _bad("gan.init", g.init, "BAGAN needs gan.init=autoencoder (its class Gaussians come "
+               "from the autoencoder's latents), gan.gp_weight=0 (a softmax critic has no "
+               "Lipschitz penalty) and gan.fake_labels=uniform; see configs/bagan_gp.py:bagan")
+  if g.autoencoder_loss not in ("l1", "l2"):
+    raise _bad("gan.autoencoder_loss", g.autoencoder_loss, "use l1 (BAGAN-GP) or l2 (BAGAN)")
   if g.critic_steps < 1:
     raise _bad("gan.critic_steps", g.critic_steps, "use at least 1 (the paper: 5)")
   if g.gp_weight < 0:
@@ -131,7 +143,8 @@ def build_setup(config) -> Setup:
       batch_size=batch, num_classes=num_classes, latent_dim=int(config.model.latent_dim),
       critic_steps=int(g.critic_steps), adversarial=g.adversarial,
       wrong_label_term=bool(g.wrong_label_term), fake_labels=g.fake_labels,
-      gp_weight=float(g.gp_weight), gp_alpha=g.gp_alpha, ema_decay=float(config.train.ema_decay))
+      gp_weight=float(g.gp_weight), gp_alpha=g.gp_alpha, ema_decay=float(config.train.ema_decay),
+      autoencoder_loss=g.autoencoder_loss)
   return Setup(train, model, mesh, shape, num_classes, per_epoch, total, ae_steps, settings)
 
 
@@ -159,7 +172,8 @@ def autoencoder_stage(config, setup: Setup, workdir: str, variables: dict,
       settings = LoopSettings(total_steps=setup.autoencoder_steps,
                               log_every=config.train.log_every, eval_every=every,
                               checkpoint_every=config.train.checkpoint_every or every)
-      step = rounds.make_autoencoder_step(setup.model, tx, setup.mesh)
+      step = rounds.make_autoencoder_step(setup.model, tx, setup.mesh,
+                                          loss=setup.settings.autoencoder_loss)
       state, meta = train_loop(state, step, parallel.global_batches(dataset, setup.mesh),
                                settings, checkpointer, writer, None, meta, stop)
     metrics = os.path.join(directory, workdir_lib.METRICS_FILE)
@@ -174,9 +188,45 @@ def autoencoder_stage(config, setup: Setup, workdir: str, variables: dict,
   trained = jax.device_get(state)
   params = dict(variables["params"], **trained.params)
   if config.gan.critic_init == "encoder":
-    critic = dict(params["critic"], trunk=params["encoder"]["trunk"])
-    params["critic"] = critic
-  return {"params": params, rounds.STATS: trained.model_state[rounds.STATS]}
+    # BAGAN-GP's critic takes the encoder's trunk (Fig. 5); BAGAN's the whole encoder (Fig. 3b).
+    parts = ("trunk", "latent") if setup.model.conditioning == "gaussian" else ("trunk",)
+    params["critic"] = dict(params["critic"], **{k: params["encoder"][k] for k in parts})
+  out = dict(variables, params=params)
+  out[rounds.STATS] = trained.model_state[rounds.STATS]
+  if setup.model.conditioning == "gaussian":
+    out[rounds.CLASS_LATENTS] = class_gaussians(config, setup, params["encoder"])
+  return out
+
+
+def encode_train(config, setup: Setup, encoder_params) -> tuple[np.ndarray, np.ndarray]:
+  """(latents (N, d), labels (N,)) of the whole train split under the encoder."""
+  model = setup.model
+  encode = jax.jit(lambda p, x: model.apply({"params": {"encoder": p}}, x, method=model.encode))
+  latents, labels = [], []
+  for batch in pipeline.eval_dataset(setup.train, config.data,
+                                     global_batch=config.train.batch_size):
+    keep = np.asarray(batch["mask"]) > 0
+    latents.append(np.asarray(encode(encoder_params, jnp.asarray(batch["image"])))[keep])
+    labels.append(np.asarray(batch["label"])[keep])
+  return np.concatenate(latents), np.concatenate(labels)
+
+
+def class_gaussians(config, setup: Setup, encoder_params) -> dict:
+  """BAGAN's class-conditional latent generator (Mariani et al. 2018 §4): each class's mean
+  and covariance of its train images' latents, the covariance kept as a symmetric square root
+  S (S S^T = Sigma; eigenvalues clipped at 0, so a class with fewer images than latent
+  dimensions, whose covariance is singular, still draws)."""
+  latents, labels = encode_train(config, setup, encoder_params)
+  d = latents.shape[1]
+  means = np.zeros((setup.num_classes, d), np.float32)
+  scales = np.zeros((setup.num_classes, d, d), np.float32)
+  for c in range(setup.num_classes):
+    z = latents[labels == c].astype(np.float64)
+    means[c] = z.mean(axis=0)
+    if len(z) > 1:
+      values, vectors = np.linalg.eigh(np.cov(z, rowvar=False))
+      scales[c] = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+  return {"mean": means, "scale": scales}
 
 
 def grid_images(config, setup: Setup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
