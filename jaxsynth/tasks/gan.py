@@ -34,7 +34,9 @@ from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError, DataError
 from jaxsynth.gan import losses, rounds, state as gan_state_lib
 from jaxsynth.hardware import compute_dtype
+from jaxsynth.metrics import plots
 from jaxsynth.models.gan import BaganGP, make_gan
+from jaxsynth.synthesis.sweep import to_uint8
 from jaxsynth.training import parallel, workdir as workdir_lib
 from jaxsynth.training.checkpoint import Checkpointer
 from jaxsynth.training.loop import LoopSettings, StopRequest, train_loop
@@ -186,6 +188,8 @@ def autoencoder_stage(config, setup: Setup, workdir: str, variables: dict,
       writer.close()
     checkpointer.close()
   trained = jax.device_get(state)
+  if jax.process_index() == 0:
+    write_autoencoder_figures(config, setup, directory, trained)
   params = dict(variables["params"], **trained.params)
   if config.gan.critic_init == "encoder":
     # BAGAN-GP's critic takes the encoder's trunk (Fig. 5); BAGAN's the whole encoder (Fig. 3b).
@@ -198,17 +202,53 @@ def autoencoder_stage(config, setup: Setup, workdir: str, variables: dict,
   return out
 
 
+def _over_train(config, setup: Setup, fn) -> tuple[np.ndarray, np.ndarray]:
+  """(fn(images, labels) stacked, labels) over the whole train split, in order."""
+  outputs, labels = [], []
+  for batch in pipeline.eval_dataset(setup.train, config.data,
+                                     global_batch=config.train.batch_size):
+    keep = np.asarray(batch["mask"]) > 0
+    y = jnp.asarray(batch["label"])
+    outputs.append(np.asarray(fn(jnp.asarray(batch["image"]), y))[keep])
+    labels.append(np.asarray(y)[keep])
+  return np.concatenate(outputs), np.concatenate(labels)
+
+
 def encode_train(config, setup: Setup, encoder_params) -> tuple[np.ndarray, np.ndarray]:
   """(latents (N, d), labels (N,)) of the whole train split under the encoder."""
   model = setup.model
   encode = jax.jit(lambda p, x: model.apply({"params": {"encoder": p}}, x, method=model.encode))
-  latents, labels = [], []
-  for batch in pipeline.eval_dataset(setup.train, config.data,
-                                     global_batch=config.train.batch_size):
-    keep = np.asarray(batch["mask"]) > 0
-    latents.append(np.asarray(encode(encoder_params, jnp.asarray(batch["image"])))[keep])
-    labels.append(np.asarray(batch["label"])[keep])
-  return np.concatenate(latents), np.concatenate(labels)
+  return _over_train(config, setup, lambda x, y: encode(encoder_params, x))
+
+
+RECONSTRUCTIONS = "reconstructions.npz"   # the autoencoder baseline of docs/results/gans.md
+LATENT_PLOT = "latents.png"
+
+
+def write_autoencoder_figures(config, setup: Setup, directory: str, state) -> None:
+  """Once per run, from the trained autoencoder: WORKDIR/autoencoder/reconstructions.npz (the
+  train split's reconstructions, `train_images` uint8 and `train_labels`: the paper's
+  autoencoder baseline for FID) and latents.png (the train split's labelled latents, z *
+  embedding(y) for BAGAN-GP or z for BAGAN, on their two principal axes: the paper's Fig. 10
+  with PCA for t-SNE)."""
+  recon_path = os.path.join(directory, RECONSTRUCTIONS)
+  plot_path = os.path.join(directory, LATENT_PLOT)
+  if os.path.exists(recon_path) and os.path.exists(plot_path):
+    return
+  model, variables = setup.model, {"params": state.params, **state.model_state}
+  reconstruct = jax.jit(lambda x, y: model.apply(variables, x, y, method=model.reconstruct))
+  labelled = jax.jit(lambda x, y: model.apply(
+      variables, model.apply(variables, x, method=model.encode), y, method=model.labelled))
+  mean, std = augment.normalisation(config.data, setup.image_shape[-1])
+  images, labels = _over_train(config, setup, reconstruct)
+  workdir_lib.write_npz(recon_path, train_images=to_uint8(images, mean, std),
+                        train_labels=labels.astype(np.int64),
+                        class_names=np.asarray(setup.train.class_names))
+  latents, labels = _over_train(config, setup, labelled)
+  title = ("labelled latents z * embedding(y)" if model.conditioning == "embedding"
+           else "latents z") + f" of the train split, PCA ({len(labels)} images)"
+  plots.write_png(plot_path, plots.scatter(plots.pca_2d(latents), labels,
+                                           setup.train.class_names, title))
 
 
 def class_gaussians(config, setup: Setup, encoder_params) -> dict:
