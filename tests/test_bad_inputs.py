@@ -1241,6 +1241,20 @@ def _(ctx):
              ("config key 'gan.init'", "gan.gp_weight=0"))
 
 
+@case("gan_cyclegan_source_is_target")
+def _(ctx):
+  return Bad(["--config", "configs/cyclegan.py:tiny", "--workdir", ctx.workdir,
+              "--config.cyclegan.target_class=0"],
+             ("config key 'cyclegan.target_class'", "two different classes"))
+
+
+@case("gan_cyclegan_image_size_the_generator_cannot_take")
+def _(ctx):
+  return Bad(["--config", "configs/cyclegan.py:tiny", "--workdir", ctx.workdir,
+              "--config.data.image_size=9"],
+             ("config key 'model.downsamplings'", "multiples of 2", "set data.image_size"))
+
+
 def _params():
   for name, (fn, xfail) in CASES.items():
     marks = [pytest.mark.xfail(reason=xfail, strict=False)] if xfail else []

@@ -11,11 +11,15 @@ import numpy as np
 import optax
 import pytest
 
-from configs import bagan_gp, diffusion as diffusion_configs, synthesis as synthesis_configs
+from configs import bagan_gp, cyclegan as cyclegan_configs, diffusion as diffusion_configs
+from configs import synthesis as synthesis_configs
 from jaxsynth.errors import CheckpointError, ConfigError
-from jaxsynth.gan import losses, rounds, state as gan_state
+from jaxsynth.gan import cycle, losses, rounds, state as gan_state
 from jaxsynth.models import gan as gan_models
+from jaxsynth.models.cyclegan import make_cyclegan
 from jaxsynth.models.gan import make_gan
+from jaxsynth.synthesis import gan_generator, sweep as sweep_lib
+from jaxsynth.synthesis.generator import load_run_config
 from jaxsynth.recipes import synthesis as synthesis_recipes
 from jaxsynth.tasks import sample as sample_task
 from jaxsynth.tasks.recipe import recipe as recipe_task
@@ -318,3 +322,69 @@ def test_bagan_fakes_are_one_in_k_plus_1_of_the_critic_batch():
   s = _settings(batch_size=64, num_classes=5, adversarial="classifier", wrong_label_term=False)
   draws = rounds.critic_draws(jax.random.PRNGKey(0), jnp.zeros((64,), jnp.int32), s)
   assert draws.noise.shape == (13, 4) and draws.fake_labels.shape == (13,)   # ceil(64 / 5)
+
+
+# ------------------------------------------------------------------------------ CycleGAN
+
+
+def _cycle_model(config=None):
+  config = config or cyclegan_configs.get_config("tiny")
+  model = make_cyclegan(config.model, (8, 8, 1))
+  tx = optax.adam(1e-3)
+  state = cycle.init_state(model, (8, 8, 1), tx, tx, 0, parallel.make_mesh(config.mesh))
+  return model, tx, state
+
+
+def test_cycle_loss_is_the_l1_of_eq_1_and_the_critics_least_squares():
+  """The step's `cycle` is mean |F(G(x)) - x| + mean |G(F(y)) - y| under the step's starting
+  parameters, and its critic loss the least-squares one of both critics."""
+  model, tx, state = _cycle_model()
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
+  y = jnp.asarray(rng.uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
+  p = jax.device_get(state.params)
+  run = lambda method, images: model.apply({"params": p}, images, method=method)  # noqa: E731
+  fake_y, fake_x = run(model.to_y, x), run(model.to_x, y)
+  expected = (np.mean(np.abs(np.asarray(run(model.to_x, fake_y)) - np.asarray(x)))
+              + np.mean(np.abs(np.asarray(run(model.to_y, fake_x)) - np.asarray(y))))
+  step = cycle.step_program(model, cycle.CycleSettings(identity_weight=0.0), tx, tx)
+  new_state, metrics = jax.jit(step)(state, {"x": x, "y": y})
+  assert float(metrics["cycle"]) == pytest.approx(expected, rel=1e-5)
+  d = jax.device_get(new_state.params)      # the critics score the fakes of the updated G
+  assert float(cycle.lsgan_critic(jnp.ones(3), jnp.zeros(3))) == 0.0
+  assert float(cycle.lsgan_critic(jnp.zeros(2), jnp.ones(2))) == pytest.approx(1.0)
+  assert float(cycle.lsgan_generator(jnp.ones(5))) == 0.0
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(p["d_x"]),
+                                            jax.tree.leaves(d["d_x"])))
+
+
+def _cycle_run(workdir, stop=None):
+  config = cyclegan_configs.get_config("tiny")
+  return gan_task.train_gan(config, str(workdir), stop=stop)
+
+
+def test_a_cyclegan_run_resumes_bit_identically_and_its_sweep_translates_in_order(tmp_path):
+  _cycle_run(tmp_path / "a")
+  with pytest.raises(Preempted):
+    _cycle_run(tmp_path / "b", stop=StopRequest(at_step=2))
+  _cycle_run(tmp_path / "b")
+  assert_trees_equal(load_params(str(tmp_path / "a")), load_params(str(tmp_path / "b")))
+  assert (tmp_path / "a" / "grids" / "step-000004.png").exists()
+
+  config = diffusion_configs.get_config("sample")
+  config.sample.update(run_dir=str(tmp_path / "a"), budget="counts",
+                       class_counts=(0, 5) + (0,) * 8, shard_size=4, batch_size=2)
+  sample_task.sample(config, str(tmp_path / "sweep"))
+  shards = _shards(tmp_path / "sweep")
+  images = np.concatenate([s["images"] for s in shards.values()])
+  assert np.concatenate([s["labels"] for s in shards.values()]).tolist() == [1] * 5
+  # sample i is G(x_i): the i-th train image of class 0, translated
+  generator = gan_generator.load_gan(str(tmp_path / "a"), load_run_config(
+      str(tmp_path / "a"), tasks=("train_gan",)), parallel.make_mesh(config.mesh))
+  source = generator.variables["source"]
+  direct = generator.model.apply({"params": generator.variables["params"]}, source[:5],
+                                 method=generator.model.to_y)
+  np.testing.assert_array_equal(images, sweep_lib.to_uint8(np.asarray(direct), 0.5, 0.5))
+  config.sample.class_counts = (3, 5) + (0,) * 8
+  with pytest.raises(ConfigError, match="translates class 0 into class 1"):
+    sample_task.sample(config, str(tmp_path / "sweep2"))

@@ -300,9 +300,26 @@ def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
   return write
 
 
+def is_cyclegan(config) -> bool:
+  """Whether a train_gan config is a CycleGAN's (configs/cyclegan.py; tasks/cyclegan.py)."""
+  return config.model.name == "cyclegan"
+
+
+def check_setup(config) -> None:
+  """What main checks before a train_gan run writes anything: the config, data and model."""
+  if is_cyclegan(config):
+    from jaxsynth.tasks import cyclegan  # pylint: disable=import-outside-toplevel
+    cyclegan.build_setup(config)
+  else:
+    build_setup(config)
+
+
 def train_gan(config, workdir: str, overwrite: bool = False,
               stop: StopRequest | None = None) -> dict:
   """Trains the GAN (resuming an unfinished run in `workdir`); writes metrics.json."""
+  if is_cyclegan(config):
+    from jaxsynth.tasks import cyclegan  # pylint: disable=import-outside-toplevel
+    return cyclegan.train_cyclegan(config, workdir, overwrite, stop)
   check_config(config)
   done = workdir_lib.finished_results(workdir, config, overwrite)
   if done is not None:

@@ -131,7 +131,7 @@ def check_setup(config, workdir: str, inputs: dict) -> None:
     autoencoder.build_setup(config)
   elif task == "train_gan":
     from jaxsynth.tasks import gan
-    gan.build_setup(config)
+    gan.check_setup(config)
   elif task == "sample":
     from jaxsynth.tasks import sample
     sample.check_config(config, workdir)

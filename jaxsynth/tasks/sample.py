@@ -34,8 +34,8 @@ from jaxsynth.errors import ConfigError, DataError
 from jaxsynth.hardware import resolve_dtype
 from jaxsynth.models.denoisers import DTYPES, make_denoiser
 from jaxsynth.synthesis import filters, latents, sweep
-from jaxsynth.synthesis.gan_generator import (GAN_TASK, is_gan_run, load_gan,
-                                              make_gan_sampler)
+from jaxsynth.synthesis.gan_generator import (GAN_TASK, check_translation_budget,
+                                              is_cyclegan_run, is_gan_run, load_gan)
 from jaxsynth.synthesis.generator import load_ema_params, load_run_config
 from jaxsynth.tasks import diffusion
 from jaxsynth.training import parallel, workdir as workdir_lib
@@ -90,7 +90,10 @@ def sweep_budget(config, run, train) -> tuple[conditions.Conditioning, np.ndarra
                       "sample.filter.name=realism, or no filter")
   have = np.bincount(conditions.condition_ids(conditioning, train),
                      minlength=conditioning.num_conditions)
-  return conditioning, sweep.condition_budget(config.sample, conditioning, have)
+  counts = sweep.condition_budget(config.sample, conditioning, have)
+  if is_cyclegan_run(run):
+    check_translation_budget(counts, run, train.class_names, config.sample)
+  return conditioning, counts
 
 
 def _diffusion_sampler(config, run, conditioning, image_shape, mesh, step):
@@ -125,12 +128,9 @@ def _gan_sampler(config, run, conditioning, image_shape, mesh, step):
   dtype = config.sample.dtype or run.model.dtype
   generator = load_gan(config.sample.run_dir, run, mesh, config.sample.checkpoint, step,
                        dtype=config.sample.dtype)
-  provenance = {"compute_dtype": resolve_dtype(dtype),
-                "sampler": {"sampler": "gan", "model": run.model.name,
-                            "latent_dim": int(run.model.latent_dim)},
+  provenance = {"compute_dtype": resolve_dtype(dtype), "sampler": generator.provenance,
                 "schedule": None}
-  return (make_gan_sampler(generator.model, mesh), generator.variables, generator.step,
-          provenance, None)
+  return generator.sampler, generator.variables, generator.step, provenance, None
 
 
 def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | None = None) -> dict:

@@ -70,6 +70,12 @@ GAN_ARGS = (
     "--config.train.keep_checkpoints=2", "--config.train.log_every=1")
 
 
+CYCLEGAN_ARGS = (
+    "--config", "configs/cyclegan.py:tiny", "--config.data.threads=2", "--config.train.steps=6",
+    "--config.train.checkpoint_every=2", "--config.train.sample_every=3",
+    "--config.train.keep_checkpoints=2", "--config.train.log_every=1")
+
+
 def gan_outcome(workdir: str) -> dict:
   """A GAN run's training outcome plus its autoencoder stage's (checkpoints, metrics, log)."""
   out = training_outcome(workdir)
@@ -400,6 +406,10 @@ CASES = {
         needs=("ldm",), samples=60),
     "train_gan": TaskCase(
         "train_gan", lambda inputs: GAN_ARGS, gan_outcome,
+        ("checkpoint.save_in_flight", "checkpoint.before_commit", "checkpoint.prune",
+         "loop.after_checkpoint", "task.before_metrics", "file.before_rename")),
+    "train_cyclegan": TaskCase(
+        "train_cyclegan", lambda inputs: CYCLEGAN_ARGS, training_outcome,
         ("checkpoint.save_in_flight", "checkpoint.before_commit", "checkpoint.prune",
          "loop.after_checkpoint", "task.before_metrics", "file.before_rename")),
     "gan_sample": TaskCase(
