@@ -108,9 +108,10 @@ class Draws(NamedTuple):
   alpha: jax.Array           # interpolation weights of the penalty, (B, 1, 1, 1)
 
 
-def critic_draws(key, real_labels, settings: RoundSettings) -> Draws:
-  """The draws of one update from its key, given the real labels of its batch."""
-  s, b, f = settings, real_labels.shape[0], settings.fake_batch
+def critic_draws(key, real_labels, settings: RoundSettings, fake_batch: int = 0) -> Draws:
+  """The draws of one update from its key, given the real labels of its batch; `fake_batch`
+  fakes (default settings.fake_batch)."""
+  s, b, f = settings, real_labels.shape[0], fake_batch or settings.fake_batch
   k_noise, k_label, k_wrong, k_alpha = jax.random.split(key, 4)
   fake = (losses.balanced_labels(k_label, f, s.num_classes) if s.fake_labels == "uniform"
           else real_labels)
@@ -183,8 +184,9 @@ def round_program(model: nn.Module, settings: RoundSettings, g_tx, c_tx, mesh=No
     (critic_params, critic_opt, stats), critic_parts = jax.lax.scan(
         critic_step, carry, (images, real_labels, critic_keys))
 
-    # Generator labels: balanced draws, or (fake_labels=real) the last critic batch's labels.
-    draws = critic_draws(jax.random.fold_in(key, GENERATOR_STREAM), real_labels[-1], s)
+    # Generator labels: balanced draws, or (fake_labels=real) the last critic batch's labels;
+    # a batch of B fakes (BAGAN too: "a batch of the same size" as the critic's real batch).
+    draws = critic_draws(jax.random.fold_in(key, GENERATOR_STREAM), real_labels[-1], s, b)
     y_fake, z = draws.fake_labels, draws.noise
 
     def generator_loss(gp):
