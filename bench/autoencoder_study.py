@@ -25,23 +25,15 @@ Cells:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import datetime
 import json
 import os
-import shlex
-import shutil
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.classic_recipes import run_process, write_atomic  # noqa: E402  (after the path)
-from bench.synthesis_recipes import (  # noqa: E402  (one implementation each)
-    _read, commit, machine_record, write_json_atomic)
+from bench import study  # noqa: E402  (after the path)
+from bench.study import Cell, cell_path, run_dir  # noqa: E402,F401  (the spec's API)
 
 OUT = os.path.join("docs", "results", "autoencoders")
 DOC = os.path.join("docs", "results", "autoencoders.md")
@@ -76,13 +68,6 @@ SPEED = ("--latent", "--ae", "kl", "--ae-channels", "128,256,512", "--ae-res-blo
          "--matmul-reps", "2", "--dtype", "float32")
 
 
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One cell: how it runs and the cells whose run directories it reads."""
-  kind: str              # run | speed | kid
-  needs: tuple = ()
-
-
 def cells_of() -> dict[str, Cell]:
   out = {}
   for ae in ("kl", "vq"):
@@ -95,23 +80,16 @@ def cells_of() -> dict[str, Cell]:
   out["pixel"] = Cell("run")
   out["sample_ldm"] = Cell("run", ("ldm",))
   out["sample_pixel"] = Cell("run", ("pixel",))
-  out["kid"] = Cell("kid", ("classifier", "sample_ldm", "sample_pixel"))
+  out["kid"] = Cell("kid", ("classifier", "sample_ldm", "sample_pixel"), subprocess=False)
   return out
 
 
+NAME = "autoencoder_study"
 CELLS = cells_of()
-
-
-def log(msg: str) -> None:
-  print(f"[autoencoder_study] {msg}", file=sys.stderr, flush=True)
 
 
 def data_path(args, dataset: str) -> str:
   return os.path.join(args.data_dir, dataset + ".npz")
-
-
-def run_dir(args, name: str) -> str:
-  return os.path.join(args.runs, name)
 
 
 def data_keys(args, dataset: str) -> list[str]:
@@ -151,23 +129,6 @@ def command(args, name: str) -> list[str]:
   raise KeyError(name)
 
 
-def finished(args, name: str) -> bool:
-  return os.path.isfile(os.path.join(run_dir(args, name), "metrics.json"))
-
-
-def copy_figure(args, src: str, name: str) -> str:
-  """Copies a PNG next to the cells; returns its path relative to docs/results."""
-  os.makedirs(args.out, exist_ok=True)
-  shutil.copyfile(src, os.path.join(args.out, name))
-  return os.path.relpath(os.path.join(args.out, name), os.path.dirname(args.doc))
-
-
-def last_grid(workdir: str) -> str | None:
-  grids = sorted(os.listdir(os.path.join(workdir, "grids"))) if os.path.isdir(
-      os.path.join(workdir, "grids")) else []
-  return os.path.join(workdir, "grids", grids[-1]) if grids else None
-
-
 def result_of(args, name: str, wall: float, stdout: str) -> dict:
   """The small JSON of a finished cell."""
   if CELLS[name].kind == "speed":
@@ -177,11 +138,11 @@ def result_of(args, name: str, wall: float, stdout: str) -> dict:
     return {"bench": {k: bench[k] for k in keep}, "latent": bench["latent"]}
   if CELLS[name].kind == "kid":
     return {"metrics": kid_metrics(args)}
-  metrics = _read(os.path.join(run_dir(args, name), "metrics.json"))
-  out = {"metrics": metrics}
-  grid = last_grid(run_dir(args, name))
+  out = {"metrics": study._read(os.path.join(run_dir(args, name), "metrics.json"))}
+  grid = study.last_grid(run_dir(args, name))
   if grid:
-    out["grid"] = copy_figure(args, grid, f"{name}_grid.png")
+    out["grid"] = study.copy_figure(args, grid, f"{name}_grid.png")
+    out["figures"] = [out["grid"]]
   return out
 
 
@@ -204,59 +165,12 @@ def kid_metrics(args) -> dict:
 
 def execute(args, name: str, stop_at: float) -> str:
   """Runs cell `name` (and first any missing input run); returns ran | failed | late."""
-  for need in CELLS[name].needs:
-    if CELLS[need].kind == "run" and not finished(args, need):
-      status = execute(args, need, stop_at) if not os.path.isfile(cell_path(args, need)) \
-          else run_only(args, need, stop_at)
-      if status != "ran":
-        return status
-  return run_only(args, name, stop_at, record=True)
-
-
-def cell_path(args, name: str) -> str:
-  return os.path.join(args.out, f"{name}.json")
+  return study.execute(sys.modules[__name__], args, name, stop_at)
 
 
 def run_only(args, name: str, stop_at: float, record: bool = False) -> str:
   """Runs the command of `name` (resuming its run); with `record`, writes and commits its JSON."""
-  argv = command(args, name) if CELLS[name].kind != "kid" else []
-  os.makedirs(args.runs, exist_ok=True)
-  log_path = run_dir(args, name) + ".log"
-  t0, stdout = time.time(), ""
-  if argv:
-    log(f"run {name}: {shlex.join(argv)}")
-    if CELLS[name].kind == "speed":
-      timeout = max(1.0, stop_at - time.time()) if stop_at else None
-      try:
-        proc = subprocess.run([sys.executable] + argv[1:], cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout, check=False)
-      except subprocess.TimeoutExpired:
-        return "late"
-      with open(log_path, "a", encoding="utf-8") as f:
-        f.write(proc.stderr)
-      rc, stdout = proc.returncode, proc.stdout
-    else:
-      rc = run_process(argv, log_path, timeout=max(1.0, stop_at - time.time()) if stop_at else 0)
-      if rc == 0 and not finished(args, name):
-        rc = 1
-    if rc != 0:
-      log(f"  {name}: {'stopped at the deadline' if rc in (3, 124) else f'FAILED rc={rc}'} "
-          f"(see {log_path})")
-      return "late" if rc in (3, 124) else "failed"
-  wall = round(time.time() - t0, 1)
-  log(f"  {name} ok in {wall} s")
-  if record and not os.path.isfile(cell_path(args, name)):
-    result = result_of(args, name, wall, stdout)
-    result.update(cell=name, command=shlex.join(argv) if argv else
-                  "bench/autoencoder_study.py kid_metrics (in process)",
-                  wall_s=wall, machine=machine_record(),
-                  finished=datetime.datetime.now().isoformat(timespec="seconds"))
-    write_json_atomic(cell_path(args, name), result)
-    if args.commit:
-      paths = [cell_path(args, name)] + ([os.path.join(args.out, f"{name}_grid.png")]
-                                         if result.get("grid") else [])
-      commit(paths, f"autoencoder_study: cell {name} ({wall:.0f} s)")
-  return "ran"
+  return study.run_only(sys.modules[__name__], args, name, stop_at, record)
 
 
 # --- the document --------------------------------------------------------------------------------
@@ -348,53 +262,13 @@ def render(args, cells: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def load_cells(args) -> dict:
-  return {name: c for name in CELLS if (c := _read(cell_path(args, name))) is not None}
-
-
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--cells", default="all", help=f"comma-separated of {', '.join(CELLS)}")
-  p.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
-  p.add_argument("--runs", default=os.path.join("runs", "autoencoder_study"))
-  p.add_argument("--out", default=OUT)
-  p.add_argument("--doc", default=DOC)
-  p.add_argument("--deadline", type=float, default=0.0,
-                 help="seconds from now: a running cell gets SIGTERM then (it resumes next "
-                      "time) and no further cell starts; 0 = none")
-  p.add_argument("--aggregate-only", action="store_true")
-  p.add_argument("--dry-run", action="store_true")
-  p.add_argument("--commit", action="store_true")
-  args = p.parse_args(argv)
-  args.cells = list(CELLS) if args.cells == "all" else [c for c in args.cells.split(",") if c]
-  bad = [c for c in args.cells if c not in CELLS]
-  if bad:
-    p.error(f"unknown cell(s) {bad}; use {', '.join(CELLS)}")
-  return args
+  return study.parse_args(sys.modules[__name__], argv, runs=os.path.join("runs", NAME), out=OUT,
+                          doc=DOC, description=__doc__.splitlines()[0])
 
 
 def main(argv=None) -> None:
-  args = parse_args(argv)
-  os.chdir(ROOT)
-  stop_at = time.time() + args.deadline if args.deadline else 0.0
-  statuses = {}
-  if args.dry_run:
-    for name in args.cells:
-      if CELLS[name].kind != "kid":
-        print(f"# {name}\n{shlex.join(command(args, name))}")
-    return
-  if not args.aggregate_only:
-    for name in args.cells:
-      if os.path.isfile(cell_path(args, name)):
-        continue
-      if stop_at and time.time() >= stop_at:
-        statuses[name] = "late"
-        continue
-      statuses[name] = execute(args, name, stop_at)
-  write_atomic(args.doc, render(args, load_cells(args)))
-  if args.commit and not args.aggregate_only:
-    commit([args.doc], "autoencoder_study: document regenerated from the cells")
-  print(json.dumps({"statuses": statuses, "cells": len(load_cells(args))}))
+  study.main(sys.modules[__name__], parse_args(argv))
 
 
 if __name__ == "__main__":

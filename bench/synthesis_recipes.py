@@ -129,6 +129,13 @@ AUTOENCODER_TRAIN = ("--config.train.batch_size=32", "--config.train.steps=2000"
 LDM_MODEL = ("--config.model.unet.channels=(64,64)", "--config.model.unet.res_blocks=1",
              "--config.model.unet.head_dim=32", "--config.model.unet.norm_groups=8",
              "--config.diffusion.val_batches=4")
+#: The BAGAN-GP rows' generator (issue #15), bench/gan_study.py's 28 px size: encoder widths
+#: 32/64 (7x7 maps), batch 64, 100 epochs of rounds after a 30-epoch supervised autoencoder.
+GAN_MODEL = ("--config.model.channels=(32,64)",)
+GAN_TRAIN = ("--config.train.batch_size=64", "--config.train.epochs=100",
+             "--config.gan.autoencoder_epochs=30", "--config.train.checkpoint_every=100",
+             "--config.train.sample_every=500", "--config.train.log_every=20")
+GANS = ("bagan_gp",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +192,14 @@ ROWS = {
                                   generator="generator_ldm", sets=("breastmnist",)),
     "equal_scale": Row("synthesis", "equal_scale", needs=("ce",), generator="generator_cells",
                        sets=("chula_rbc11",)),
+    # GAN generators (issue #15): BAGAN-GP, then its augment and pretrain -> fine-tune rows
+    "generator_bagan_gp": Row("generator", "bagan_gp", sets=("breastmnist", "retinamnist"),
+                              seeds=(0,)),
+    "augment_bagan_gp": Row("synthesis", "augment_gan", needs=("ce",),
+                            generator="generator_bagan_gp", sets=("breastmnist", "retinamnist")),
+    "pretrain_finetune_bagan_gp": Row("synthesis", "diffupt_gan", ("--config.recipe.filter=none",),
+                                      needs=("ce",), generator="generator_bagan_gp",
+                                      sets=("breastmnist", "retinamnist")),
 }
 
 
@@ -247,6 +262,8 @@ def classifier_overrides(args, dataset: str, prefix: str = "") -> list[str]:
 def generator_overrides(dataset: str, row: str, prefix: str = "") -> list[str]:
   """The generator's keys: under `generator.` in a recipe config, top level in its own run."""
   spec, r = SETS[dataset], ROWS[row]
+  if r.variant in GANS:
+    return [x.replace("--config.", f"--config.{prefix}", 1) for x in GAN_MODEL + GAN_TRAIN]
   out = list({"dit": DIT_MODEL, "ldm": LDM_MODEL}.get(r.variant, GENERATOR_MODEL))
   if r.variant != "dit":
     out.append(f"--config.model.unet.attn_resolutions=({spec.attention},)")
@@ -274,7 +291,8 @@ def build_command(args, dataset: str, row: str, seed: int) -> list[str]:
                    "--config.seed=0"] + data_overrides(args, dataset) + \
         list(AUTOENCODER_MODEL) + list(AUTOENCODER_TRAIN)
   if r.kind == "generator":
-    cmd = head + ["--config", f"configs/diffusion.py:{r.variant}", "--workdir", workdir,
+    config = f"configs/{'bagan_gp' if r.variant in GANS else 'diffusion'}.py:{r.variant}"
+    cmd = head + ["--config", config, "--workdir", workdir,
                   "--config.seed=0"] + data_overrides(args, dataset) + \
         generator_overrides(dataset, row)
     return cmd + latent_overrides(args, dataset, row)
@@ -295,7 +313,7 @@ def build_command(args, dataset: str, row: str, seed: int) -> list[str]:
   cmd += latent_overrides(args, dataset, r.generator, "generator.")
   cmd += list(SAMPLE)
   ce = run_dir(args.runs, dataset, "ce", seed)
-  variant = r.variant.removesuffix("_ldm")
+  variant = r.variant.removesuffix("_ldm").removesuffix("_gan")
   if variant in ("augment", "diffupt", "equal_scale"):
     cmd.append(f"--config.recipe.baseline_workdir={ce}")
   if variant == "augment":
@@ -428,8 +446,10 @@ def cell_result(args, dataset: str, row: str, seed: int) -> dict:
     except (OSError, ValueError):
       pass
     rates = [x["train/steps_per_s"] for x in log_lines if "train/steps_per_s" in x]
-    steps = metrics.get("steps", 0)
-    out["generator"] = {"steps": steps, "train_loss": metrics.get("train", {}).get("loss"),
+    steps = metrics.get("steps", metrics.get("rounds", 0))   # a GAN counts rounds
+    train = metrics.get("train", {})
+    out["generator"] = {"steps": steps,
+                        "train_loss": train.get("loss", train.get("generator_loss")),
                         "val_loss": metrics.get("val", {}).get("loss"),
                         "steps_per_s": rates[-1] if rates else None,
                         "train_s": steps / rates[-1] if rates and rates[-1] else None,

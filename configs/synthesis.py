@@ -116,6 +116,9 @@ VARIANTS += ("online", "online_tiny", "offline", "offline_tiny")
 #: train_autoencoder run (generator.latent.autoencoder_run, configs/autoencoder.py).
 LDM_RECIPES = ("augment", "pretrain_finetune", "diffupt")
 VARIANTS += tuple(f"{name}_ldm{tiny}" for name in LDM_RECIPES for tiny in ("", "_tiny"))
+#: GAN generators (BAGAN-GP, configs/bagan_gp.py): the recipes that only sample a sweep.
+GAN_RECIPES = ("augment", "pretrain_finetune", "diffupt")
+VARIANTS += tuple(f"{name}_gan{tiny}" for name in GAN_RECIPES for tiny in ("", "_tiny"))
 #: The grouped data set of `equal_scale` (../shared/data/README.md): HAM10000 at 64 px, groups =
 #: acquisition site (4 sites, train 2769 / 2362 / 1589 / 311). The config loads without it.
 HAM10000 = "../shared/data/ham10000_64.npz"
@@ -129,7 +132,7 @@ def get_config(variant: str | None = None):
                      f"{', '.join(VARIANTS)}")
   config = default.get_config("classifier")
   config.task = "recipe"
-  config.recipe.name = variant.removesuffix("_tiny").removesuffix("_ldm")
+  config.recipe.name = variant.removesuffix("_tiny").removesuffix("_ldm").removesuffix("_gan")
   config.recipe.classifier = "ce"
   config.recipe.generator_workdir = ""
   config.recipe.baseline_workdir = ""
@@ -157,6 +160,8 @@ def get_config(variant: str | None = None):
                     class_counts=(4,) * 10)
   if variant.removesuffix("_tiny").endswith("_ldm"):
     latent_generator(config, tiny=variant.endswith("_tiny"))
+  if variant.removesuffix("_tiny").endswith("_gan"):
+    gan_generator(config, tiny=variant.endswith("_tiny"))
   if config.recipe.name == "equal_scale":
     equal_scale(config, tiny=variant.endswith("_tiny"))
   if config.recipe.name in ("pretrain_finetune", "diffupt"):
@@ -186,6 +191,20 @@ def latent_generator(config, tiny: bool, autoencoder_name: str = "kl") -> None:
   else:
     # LDM's 16 px denoiser of 4x4 latents: attention at the latent's 4 px and in the middle
     config.generator.model.unet.attn_resolutions = (4,)
+
+
+def gan_generator(config, tiny: bool, name: str = "bagan_gp") -> None:
+  """*_gan variants: the generator is a BAGAN-GP (task train_gan; configs/bagan_gp.py's
+  generator.model / .train / .gan keys); its sweep keeps generator.sample's budget, shard and
+  batch keys (the diffusion sampler's keys do not apply to it)."""
+  from configs import bagan_gp  # pylint: disable=import-outside-toplevel
+  gan = bagan_gp.get_config(name + (":tiny" if tiny else ""))
+  g = config.generator
+  del g["diffusion"]
+  for key in ("model", "train", "gan"):
+    g[key] = gan[key]
+  if tiny:
+    config.data.image_size = gan.data.image_size
 
 
 def equal_scale(config, tiny: bool) -> None:

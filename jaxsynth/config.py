@@ -253,13 +253,15 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 # ------------------------------------------------------------- trained runs read as inputs
 
 
-def read_run_config(run_dir: str, task: str, key: str) -> dict:
-  """The resolved config.json of the `task` run in `run_dir`, which config key `key` names.
+def read_run_config(run_dir: str, task: str | tuple[str, ...], key: str) -> dict:
+  """The resolved config.json of the `task` run (or one of the `task` tuple) in `run_dir`,
+  which config key `key` names.
 
   Raises CheckpointError naming the directory or file when it is missing, unreadable, not a
   JSON object, or the config of another task.
   """
-  fix = f"set {key} to the --workdir of a {task} run"
+  tasks = (task,) if isinstance(task, str) else tuple(task)
+  fix = f"set {key} to the --workdir of a {' or '.join(tasks)} run"
   path = os.path.join(run_dir, CONFIG_FILE)
   if not os.path.isdir(run_dir):
     what = "is not a directory" if os.path.lexists(run_dir) else "does not exist"
@@ -280,8 +282,9 @@ def read_run_config(run_dir: str, task: str, key: str) -> dict:
                                              for k in ("model", "data")):
     raise CheckpointError(f"{path} is not a resolved jaxsynth config (no 'model' and 'data' "
                           f"keys): {fix}")
-  if trained.get("task") != task:
-    raise CheckpointError(f"{path} is a {trained.get('task')!r} run, not a {task} run: {fix}")
+  if trained.get("task") not in tasks:
+    raise CheckpointError(f"{path} is a {trained.get('task')!r} run, not a {' or '.join(tasks)} "
+                          f"run: {fix}")
   return trained
 
 

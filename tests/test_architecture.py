@@ -9,7 +9,7 @@ import jaxsynth
 # lower layers only (docs/architecture.md).
 LAYERS = {"errors": 0, "faults": 0, "hardware": 0, "__init__": 1, "files": 1, "config": 1,
           "data": 2, "models": 2, "training": 2,
-          "diffusion": 3, "metrics": 3,
+          "diffusion": 3, "gan": 3, "metrics": 3,
           "synthesis": 4,
           "recipes": 5,
           "tasks": 6,

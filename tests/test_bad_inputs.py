@@ -917,14 +917,14 @@ def _(ctx):
 def _(ctx):
   return Bad(sample(ctx, ctx.tmp / "nowhere"),
              ("config key 'sample.run_dir'", "does not exist",
-              "set sample.run_dir to the --workdir of a train_diffusion run"))
+              "set sample.run_dir to the --workdir of a train_diffusion or train_gan run"))
 
 
 @case("sample_classifier_workdir")
 def _(ctx):
   run = ctx.classifier_run()
-  return Bad(sample(ctx, run), ("is a 'train_classifier' run, not a train_diffusion run",
-                                "set sample.run_dir"), reads=(run,))
+  return Bad(sample(ctx, run), ("is a 'train_classifier' run, not a train_diffusion or "
+                                "train_gan run", "set sample.run_dir"), reads=(run,))
 
 
 @case("sample_corrupt_run_config")
@@ -1202,6 +1202,59 @@ def _(ctx):
              ("config key 'recipe.budget'", "less than the 10 classes", "use at least 10"))
 
 
+# -- train_gan
+
+def gan(ctx: Ctx, *overrides, variant: str = "bagan_gp:tiny") -> list:
+  return ["--config", f"configs/bagan_gp.py:{variant}", "--workdir", ctx.workdir,
+          "--config.data.threads=1", *overrides]
+
+
+@case("gan_class_without_train_images")
+def _(ctx):
+  path = write_npz(ctx.tmp / "data.npz", **{k: v for k, v in npz_arrays(train=(12, 0, 6)).items()
+                                             if k.startswith("train_")})
+  return Bad(gan(ctx, "--config.data.source=npz", f"--config.data.path={path}"),
+             ("class 1 ('benign') has no samples in the train split", "set data.num_classes"))
+
+
+@case("gan_image_size_the_architecture_cannot_take")
+def _(ctx):
+  return Bad(gan(ctx, "--config.data.image_size=10"),
+             ("config key 'model.channels'", "multiples of 4", "set data.image_size"))
+
+
+@case("gan_normalisation_outside_tanh_range")
+def _(ctx):
+  return Bad(gan(ctx, "--config.data.std=0.25"),
+             ("config key 'data.mean'", "tanh output spans [-1, 1]", "data.std=0.5"))
+
+
+@case("gan_wrong_label_term_with_wasserstein_loss")
+def _(ctx):
+  return Bad(gan(ctx, "--config.gan.wrong_label_term=True", variant="wgan_gp:tiny"),
+             ("config key 'gan.wrong_label_term'", "logistic loss (eq. 14)"))
+
+
+@case("gan_bagan_with_a_gradient_penalty")
+def _(ctx):
+  return Bad(gan(ctx, "--config.gan.gp_weight=10.0", variant="bagan:tiny"),
+             ("config key 'gan.init'", "gan.gp_weight=0"))
+
+
+@case("gan_cyclegan_source_is_target")
+def _(ctx):
+  return Bad(["--config", "configs/cyclegan.py:tiny", "--workdir", ctx.workdir,
+              "--config.cyclegan.target_class=0"],
+             ("config key 'cyclegan.target_class'", "two different classes"))
+
+
+@case("gan_cyclegan_image_size_the_generator_cannot_take")
+def _(ctx):
+  return Bad(["--config", "configs/cyclegan.py:tiny", "--workdir", ctx.workdir,
+              "--config.data.image_size=9"],
+             ("config key 'model.downsamplings'", "multiples of 2", "set data.image_size"))
+
+
 def _params():
   for name, (fn, xfail) in CASES.items():
     marks = [pytest.mark.xfail(reason=xfail, strict=False)] if xfail else []
@@ -1248,5 +1301,5 @@ def test_corpus_covers_at_least_25_kinds_on_every_task():
   names = list(CASES)
   assert len(names) >= 25
   for prefix in ("config_", "npz_", "folder_", "synthetic_", "evaluate_", "diffusion_",
-                 "sample_", "workdir_", "filter_", "autoencoder_", "ldm_"):
+                 "sample_", "workdir_", "filter_", "autoencoder_", "ldm_", "gan_"):
     assert any(n.startswith(prefix) for n in names), prefix

@@ -224,6 +224,47 @@ def metric_bars(report: dict, metric: str, title=None) -> np.ndarray:
   return bar_chart(values, title or f"{metric} per class", ylabel=metric)
 
 
+SCATTER_SIZE = 360   # the scatter plot's square plotting area, in pixels
+
+
+def pca_2d(points) -> np.ndarray:
+  """The (N, 2) projection of (N, D) points on their two leading principal axes."""
+  x = np.asarray(points, np.float64)
+  x = x - x.mean(axis=0)
+  _, _, vt = np.linalg.svd(x, full_matrices=False)
+  out = x @ vt[:2].T
+  return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+
+
+def scatter(points, labels, names, title: str) -> np.ndarray:
+  """A uint8 (H, W, 3) scatter plot of (N, 2) points, a colour per label with a legend."""
+  xy = np.asarray(points, np.float64)
+  labels = np.asarray(labels)
+  font = _font()
+  _, text_h = _size(font, "Ag")
+  legend_w = max(_size(font, _short(str(n)))[0] for n in names) + text_h + 3 * PAD
+  top = text_h + 2 * PAD
+  width, height = SCATTER_SIZE + 2 * PAD + legend_w, top + SCATTER_SIZE + 2 * PAD
+  image = Image.new("RGB", (int(width), int(height)), WHITE)
+  draw = ImageDraw.Draw(image)
+  draw.text((PAD, PAD), title, fill=BLACK, font=font)
+  lo, hi = xy.min(axis=0), xy.max(axis=0)
+  span = np.where(hi - lo > 0, hi - lo, 1.0)
+  pixels = PAD + 3 + (xy - lo) / span * (SCATTER_SIZE - 6)
+  draw.rectangle([PAD, top, PAD + SCATTER_SIZE, top + SCATTER_SIZE], outline=GREY)
+  for (x, y), c in zip(pixels, labels):
+    color = SERIES_COLORS[int(c) % len(SERIES_COLORS)]
+    y = top + SCATTER_SIZE - (y - PAD)
+    draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
+  for c, name in enumerate(names):
+    y = top + c * (text_h + PAD)
+    x = SCATTER_SIZE + 3 * PAD
+    draw.rectangle([x, y + 1, x + text_h - 2, y + text_h - 1],
+                   fill=SERIES_COLORS[c % len(SERIES_COLORS)])
+    draw.text((x + text_h + PAD // 2, y), _short(str(name)), fill=BLACK, font=font)
+  return np.asarray(image)
+
+
 def write_png(path: str, image) -> str:
   """Writes a uint8 (H, W, C) image as a PNG atomically; returns `path`."""
   files.atomic_write(path, png_bytes(np.asarray(image, np.uint8)))

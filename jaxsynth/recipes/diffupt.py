@@ -114,7 +114,7 @@ def check_generator(config, directory: str, stage_config, num_classes: int) -> N
   of the recipe's data: the same class count first, then every result key."""
   key = "recipe.generator_workdir"
   try:
-    trained = config_lib.read_run_config(directory, "train_diffusion", key)
+    trained = config_lib.read_run_config(directory, stage_config.task, key)
     data = ml_collections.ConfigDict(trained["data"])
     theirs = open_source(data, "train", seed=int(trained.get("seed", 0))).num_classes
   except (JaxsynthError, KeyError, TypeError, ValueError, OSError):
@@ -182,7 +182,7 @@ def _pretrain_run(train, filter_dir: str):
 def _pipeline(config, workdir: str, tasks: dict, with_filter: bool) -> Pipeline:
   # pylint: disable=import-outside-toplevel  (synthesis imports this module for RECIPES)
   from jaxsynth.recipes.synthesis import (autoencoder_stages, classifier_config,
-                                          generator_config, sample_config)
+                                          generator_config, generator_task, sample_config)
   check_options(config)
   r = config.recipe
   num_classes = real_class_count(config)
@@ -190,7 +190,7 @@ def _pipeline(config, workdir: str, tasks: dict, with_filter: bool) -> Pipeline:
   generator = generator_config(config, workdir)
   filter_name = FILTERS[r.filter] if with_filter else ""
   stages = autoencoder_stages(config, workdir, tasks) + [
-      Stage("generator", generator, tasks["train_diffusion"], reuse=r.generator_workdir,
+      Stage("generator", generator, generator_task(config, tasks), reuse=r.generator_workdir,
             reuse_key="recipe.generator_workdir",
             check_reuse=lambda d: check_generator(config, d, generator, num_classes)),
       Stage("sample", None, tasks["sample"]),

@@ -48,6 +48,9 @@ def generator_seed(config) -> int:
   return int(config.seed) if seed < 0 else seed
 
 
+#: The recipes that take a GAN generator (generator.gan): those that only sample a sweep.
+GAN_RECIPES = ("augment", "pretrain_finetune", "diffupt")
+
 #: The stage that trains an LDM generator's autoencoder when the recipe trains one.
 AUTOENCODER_STAGE = "autoencoder"
 
@@ -83,10 +86,36 @@ def autoencoder_stages(config, workdir: str, tasks: dict) -> list[Stage]:
                 directory=os.path.join(workdir, AUTOENCODER_STAGE))]
 
 
+def is_gan_generator(config) -> bool:
+  """True when the recipe's generator is a GAN (generator.gan keys: the *_gan variants of
+  configs/synthesis.py), trained by task train_gan."""
+  return config.generator.get("gan") is not None
+
+
+def generator_task(config, tasks: dict) -> Callable:
+  """The task that trains the recipe's generator: train_gan or train_diffusion."""
+  return tasks["train_gan"] if is_gan_generator(config) else tasks["train_diffusion"]
+
+
+def gan_generator_config(config):
+  """The train_gan config: the recipe's real data, generator.seed, generator.model/train/gan."""
+  from configs import bagan_gp  # pylint: disable=import-outside-toplevel  (config files)
+  out = bagan_gp.get_config(config.generator.model.name)
+  for key in ("model", "train", "gan"):
+    out[key] = config.generator[key]
+  out.seed, out.mesh, out.data = generator_seed(config), config.mesh, config.data
+  out = out.copy_and_resolve_references()
+  out.data.synthetic.paths = ()
+  return out
+
+
 def generator_config(config, workdir: str = ""):
-  """The train_diffusion config: the recipe's real data, generator.seed, generator.* keys; an
-  LDM generator whose autoencoder the recipe trains reads it from WORKDIR/autoencoder."""
+  """The train_diffusion (or, for a GAN generator, train_gan) config: the recipe's real data,
+  generator.seed, generator.* keys; an LDM generator whose autoencoder the recipe trains reads
+  it from WORKDIR/autoencoder."""
   from configs import diffusion  # pylint: disable=import-outside-toplevel  (config files)
+  if is_gan_generator(config):
+    return gan_generator_config(config)
   latent = config.generator.get("latent")
   out = diffusion.get_config("unet" if latent is None else "ldm")
   for key in ("model", "train", "diffusion", "sample") + (("latent",) if latent is not None else ()):
@@ -103,8 +132,16 @@ def sample_config(config, generator_dir: str, workdir: str = ""):
   """The sample config: the generator's config (`generator_config(config, workdir)`) with
   task=sample from `generator_dir`, drawn with the recipe's seed (so every classifier seed gets
   its own synthetic set)."""
-  out = generator_config(config, workdir)
-  out.task = "sample"
+  if is_gan_generator(config):   # the sample task's own keys, generator.sample's values
+    from configs import diffusion  # pylint: disable=import-outside-toplevel  (config files)
+    out = diffusion.get_config("sample")
+    out.sample = config.generator.sample
+    out.mesh, out.data = config.mesh, config.data
+    out = out.copy_and_resolve_references()
+    out.data.synthetic.paths = ()
+  else:
+    out = generator_config(config, workdir)
+    out.task = "sample"
   out.seed = int(config.seed)
   out.sample.run_dir = os.path.abspath(generator_dir)
   return out
@@ -122,6 +159,11 @@ def check_config(config) -> None:
                       "generator needs a finished train_autoencoder run (configs/autoencoder.py) "
                       "on the recipe's data keys, or generator.autoencoder.* keys to train one "
                       "(the *_ldm variants of configs/synthesis.py have them)")
+  if is_gan_generator(config) and config.recipe.name not in GAN_RECIPES:
+    raise ConfigError(f"config key 'recipe.name' = {config.recipe.name!r} needs a diffusion "
+                      "generator (online/offline: classifier guidance; equal_scale: (class, "
+                      f"group) conditioning); a GAN generator (generator.gan) serves "
+                      f"{', '.join(GAN_RECIPES)}")
   features = config.recipe.get("report_features", "")
   if features not in ("", "none"):   # checked now, not after every stage has run
     from jaxsynth.metrics.features import check_spec  # pylint: disable=import-outside-toplevel
@@ -137,7 +179,7 @@ def augment_pipeline(config, workdir: str, tasks: dict) -> Pipeline:
   `augmented`)."""
   r = config.recipe
   stages = autoencoder_stages(config, workdir, tasks) + [
-      Stage("generator", generator_config(config, workdir), tasks["train_diffusion"],
+      Stage("generator", generator_config(config, workdir), generator_task(config, tasks),
             reuse=r.generator_workdir, reuse_key="recipe.generator_workdir",
             free_keys=GENERATOR_FREE_KEYS),
       Stage("sample", None, tasks["sample"]),

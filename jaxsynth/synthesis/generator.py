@@ -52,9 +52,11 @@ def sampler_options(*, sampler: str, num_steps: int, cfg_scale: float, num_class
               clip_x0=float(clip_x0) if clip_x0 > 0 else None)
 
 
-def load_run_config(run_dir: str, key: str = "sample.run_dir") -> ml_collections.ConfigDict:
-  """The resolved config.json of the train_diffusion run that config key `key` names."""
-  return ml_collections.ConfigDict(config_lib.read_run_config(run_dir, "train_diffusion", key))
+def load_run_config(run_dir: str, key: str = "sample.run_dir",
+                    tasks: tuple[str, ...] = ("train_diffusion",)) -> ml_collections.ConfigDict:
+  """The resolved config.json of the train_diffusion run (or a run of `tasks`) that config key
+  `key` names."""
+  return ml_collections.ConfigDict(config_lib.read_run_config(run_dir, tasks, key))
 
 
 def load_ema_params(run_dir: str, run: ml_collections.ConfigDict, model, image_shape, mesh,

@@ -10,6 +10,7 @@ TASKS = {
     "evaluate": "jaxsynth.tasks.classifier:evaluate",
     "train_diffusion": "jaxsynth.tasks.diffusion:train_diffusion",
     "train_autoencoder": "jaxsynth.tasks.autoencoder:train_autoencoder",
+    "train_gan": "jaxsynth.tasks.gan:train_gan",
     "sample": "jaxsynth.tasks.sample:sample",
     "filter": "jaxsynth.tasks.filter:filter_sweep",
     "recipe": "jaxsynth.tasks.recipe:recipe",

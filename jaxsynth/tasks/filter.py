@@ -45,12 +45,14 @@ def input_sweep(config, workdir: str | None = None) -> tuple[str, dict]:
 
 
 def _generator_data(manifest: dict):
-  """The data config and seed of the train_diffusion run a sweep came from (None if unknown)."""
+  """The data config and seed of the train_diffusion or train_gan run a sweep came from (None
+  if unknown)."""
   from jaxsynth import config as config_lib  # pylint: disable=import-outside-toplevel
   run_dir = manifest.get("run_dir")
   if not run_dir:
     return None, 0
-  trained = config_lib.read_run_config(run_dir, "train_diffusion", "the sweep's run_dir")
+  trained = config_lib.read_run_config(run_dir, ("train_diffusion", "train_gan"),
+                                       "the sweep's run_dir")
   return ml_collections.ConfigDict(trained["data"]), int(trained.get("seed", 0))
 
 

@@ -67,6 +67,8 @@ def check_inputs(config) -> dict:
     return {"data": data}
   if task == "train_autoencoder":
     return {"data": check_data(config.data, ["train", "val"], config.seed, every_class=False)}
+  if task == "train_gan":
+    return {"data": check_data(config.data, ["train"], config.seed, every_class=False)}
   if task == "filter":
     from jaxsynth.synthesis.filters import check_filter_config  # pylint: disable=import-outside-toplevel
     from jaxsynth.tasks.filter import input_sweep  # pylint: disable=import-outside-toplevel
@@ -78,8 +80,9 @@ def check_inputs(config) -> dict:
     check_filter_config(config.sample.filter, "sample.filter")
   if task == "sample" and config.sample.run_dir:
     run_dir = config.sample.run_dir
-    trained = config_lib.read_run_config(run_dir, "train_diffusion", "sample.run_dir")
-    if not isinstance(trained.get("diffusion"), dict):
+    trained = config_lib.read_run_config(run_dir, ("train_diffusion", "train_gan"),
+                                         "sample.run_dir")
+    if trained["task"] == "train_diffusion" and not isinstance(trained.get("diffusion"), dict):
       raise CheckpointError(f"{os.path.join(run_dir, config_lib.CONFIG_FILE)} has no "
                             "'diffusion' keys: set sample.run_dir to a train_diffusion --workdir")
     run = ml_collections.ConfigDict(trained)
@@ -89,6 +92,9 @@ def check_inputs(config) -> dict:
       raise DataError(f"the data of the trained run {run_dir} (its config.json) is not usable: "
                       f"{e}; restore the files the run was trained on") from None
     which = config.sample.checkpoint
+    if trained["task"] == "train_gan" and which != "latest":
+      raise CheckpointError(f"config key 'sample.checkpoint' = {which!r}: a train_gan run keeps "
+                            "only 'latest' checkpoints; set sample.checkpoint=latest")
     if which in ("latest", "best") and not config_lib.checkpoint_steps(run_dir, which):
       hint = " (one needs diffusion.val_batches > 0 in training)" if which == "best" else ""
       raise CheckpointError(f"no '{which}' checkpoint in "
@@ -123,6 +129,9 @@ def check_setup(config, workdir: str, inputs: dict) -> None:
   elif task == "train_autoencoder":
     from jaxsynth.tasks import autoencoder
     autoencoder.build_setup(config)
+  elif task == "train_gan":
+    from jaxsynth.tasks import gan
+    gan.check_setup(config)
   elif task == "sample":
     from jaxsynth.tasks import sample
     sample.check_config(config, workdir)

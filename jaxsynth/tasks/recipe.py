@@ -13,14 +13,14 @@ from jaxsynth.recipes import synthesis
 from jaxsynth.synthesis import filters
 from jaxsynth.training import workdir as workdir_lib
 
-STAGE_TASKS = ("train_autoencoder", "train_diffusion", "sample", "filter", "train_classifier",
-               "evaluate")
+STAGE_TASKS = ("train_autoencoder", "train_diffusion", "train_gan", "sample", "filter",
+               "train_classifier", "evaluate")
 
 
 def check_stages(pipe) -> None:
   """Checks every stage's config before the first stage runs; the error names the stage."""
   # pylint: disable-next=import-outside-toplevel
-  from jaxsynth.tasks import TASKS, autoencoder, diffusion, sample
+  from jaxsynth.tasks import TASKS, autoencoder, diffusion, gan, sample
   pending = {os.path.abspath(s.directory) for s in pipe.stages.values() if not s.reuse}
   for stage in pipe.stages.values():
     if stage.reuse:
@@ -33,6 +33,8 @@ def check_stages(pipe) -> None:
         check_data(c.data, ["train", "val"], c.seed, every_class=False)
       elif c.task == "train_diffusion":
         diffusion.check_config(c)
+      elif c.task == "train_gan":
+        gan.check_config(c)
       elif c.task == "train_classifier":
         check_data(c.data, ["train", "val", *c.evaluate.splits], c.seed)
       elif c.task == "sample":

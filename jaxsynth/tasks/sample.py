@@ -1,5 +1,7 @@
 """Task `sample`: a sampling sweep from a `train_diffusion` run's EMA parameters into
-WORKDIR/samples (shards + manifest.json, read by `data.source=synthetic`).
+WORKDIR/samples (shards + manifest.json, read by `data.source=synthetic`); or from a
+`train_gan` run's generator (synthesis/gan_generator.py: one forward per image; the sampler
+keys sample.sampler, num_steps, eta, spacing, cfg_scale and clip_x0 do not apply to it).
 
 The model, data (class count, names, train counts, image size, normalisation), conditioning
 (`diffusion.condition`) and noise schedule come from the trained run's config.json
@@ -32,6 +34,8 @@ from jaxsynth.errors import ConfigError, DataError
 from jaxsynth.hardware import resolve_dtype
 from jaxsynth.models.denoisers import DTYPES, make_denoiser
 from jaxsynth.synthesis import filters, latents, sweep
+from jaxsynth.synthesis.gan_generator import (GAN_TASK, check_translation_budget,
+                                              is_cyclegan_run, is_gan_run, load_gan)
 from jaxsynth.synthesis.generator import load_ema_params, load_run_config
 from jaxsynth.tasks import diffusion
 from jaxsynth.training import parallel, workdir as workdir_lib
@@ -48,7 +52,8 @@ def check_config(config, workdir: str) -> None:
   """Raises ConfigError for a bad `sample.*` key (budgets are checked against the data later)."""
   s = config.sample
   if not s.run_dir:
-    raise _bad("run_dir", s.run_dir, "set --config.sample.run_dir to a train_diffusion workdir")
+    raise _bad("run_dir", s.run_dir, "set --config.sample.run_dir to a train_diffusion or "
+               "train_gan workdir")
   if os.path.abspath(s.run_dir) == os.path.abspath(workdir or "."):
     raise _bad("run_dir", s.run_dir, "the sweep needs its own --workdir, not the trained run's")
   for key, options in (("checkpoint", ("latest", "best")), ("budget", sweep.BUDGETS),
@@ -71,7 +76,7 @@ def check_config(config, workdir: str) -> None:
 
 def sweep_budget(config, run, train) -> tuple[conditions.Conditioning, np.ndarray]:
   """The trained run's conditioning over its `train` split, and the samples per condition id."""
-  mode = run.diffusion.get("condition", "class")
+  mode = run.diffusion.get("condition", "class") if "diffusion" in run else "class"
   try:
     conditioning = conditions.from_source(mode, train)
   except ConfigError as e:
@@ -85,13 +90,53 @@ def sweep_budget(config, run, train) -> tuple[conditions.Conditioning, np.ndarra
                       "sample.filter.name=realism, or no filter")
   have = np.bincount(conditions.condition_ids(conditioning, train),
                      minlength=conditioning.num_conditions)
-  return conditioning, sweep.condition_budget(config.sample, conditioning, have)
+  counts = sweep.condition_budget(config.sample, conditioning, have)
+  if is_cyclegan_run(run):
+    check_translation_budget(counts, run, train.class_names, config.sample)
+  return conditioning, counts
+
+
+def _diffusion_sampler(config, run, conditioning, image_shape, mesh, step):
+  """(sampler, EMA params, checkpoint step, manifest provenance, first stage or None) of a
+  train_diffusion run; `step` pins the checkpoint a resumed sweep started with."""
+  # Latent diffusion: the denoiser draws latents, which the run's autoencoder decodes.
+  first_stage = latents.first_stage(config.sample.run_dir, run)
+  model_shape = first_stage[0].latent_shape if first_stage else image_shape
+  # The compute dtype may differ from training's: parameters are float32 either way.
+  model_cfg = ml_collections.ConfigDict(run.model.to_dict())
+  model_cfg.dtype = config.sample.dtype or model_cfg.dtype
+  model = make_denoiser(model_cfg, conditioning.num_conditions)
+  params, step = load_ema_params(config.sample.run_dir, run, model, model_shape, mesh,
+                                 config.sample.checkpoint, step)
+  d, s = run.diffusion, config.sample
+  options = diffusion.sampler_options(
+      sampler=s.sampler, num_steps=s.num_steps, cfg_scale=s.cfg_scale, eta=s.eta,
+      spacing=s.spacing, clip_x0=s.clip_x0, num_classes=conditioning.num_conditions,
+      prediction=d.prediction)
+  schedule = make_schedule(d.schedule, d.num_timesteps)
+  sampler = make_sampler(diffusion.denoise_fn(model), schedule, model_shape, mesh=mesh, **options)
+  if first_stage:
+    sampler = latents.DecodingSampler(sampler, *first_stage)
+  provenance = {"compute_dtype": resolve_dtype(model_cfg.dtype), "sampler": options,
+                "schedule": {"name": d.schedule, "num_timesteps": int(d.num_timesteps)}}
+  return sampler, params, step, provenance, first_stage
+
+
+def _gan_sampler(config, run, conditioning, image_shape, mesh, step):
+  """The same for a train_gan run: G(z_i, y_i), one forward per image, no schedule."""
+  del conditioning, image_shape   # a GAN is conditioned on classes, and draws images
+  dtype = config.sample.dtype or run.model.dtype
+  generator = load_gan(config.sample.run_dir, run, mesh, config.sample.checkpoint, step,
+                       dtype=config.sample.dtype)
+  provenance = {"compute_dtype": resolve_dtype(dtype), "sampler": generator.provenance,
+                "schedule": None}
+  return generator.sampler, generator.variables, generator.step, provenance, None
 
 
 def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | None = None) -> dict:
   """Runs (or resumes) the sampling sweep of `config.sample` into WORKDIR/samples."""
   check_config(config, workdir)
-  run = load_run_config(config.sample.run_dir)
+  run = load_run_config(config.sample.run_dir, tasks=("train_diffusion", GAN_TASK))
   directory = os.path.join(workdir, synthetic_format.SAMPLES_DIR)
   done = workdir_lib.finished_results(workdir, config, overwrite)
   if done is not None:
@@ -110,9 +155,6 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   conditioning, counts = sweep_budget(config, run, train)
   num_classes = conditioning.sweep_classes        # the classes the shards' labels range over
   image_shape = pipeline.input_shape(run.data, train)
-  # Latent diffusion: the denoiser draws latents, which the run's autoencoder decodes.
-  first_stage = latents.first_stage(config.sample.run_dir, run)
-  model_shape = first_stage[0].latent_shape if first_stage else image_shape
   plan = sweep.make_plan(counts, int(config.sample.shard_size), conditioning)
   mesh = parallel.make_mesh(config.mesh)
 
@@ -121,37 +163,24 @@ def sample(config, workdir: str, overwrite: bool = False, stop: StopRequest | No
   filtered = bool(config.sample.filter.name)
   plan_dir = sweep.round_dir(workdir, 0) if filtered else directory
   previous = None if overwrite else sweep.previous_plan(plan_dir)
-  # The compute dtype may differ from training's: parameters are float32 either way.
-  model_cfg = ml_collections.ConfigDict(run.model.to_dict())
-  model_cfg.dtype = config.sample.dtype or model_cfg.dtype
-  model = make_denoiser(model_cfg, conditioning.num_conditions)
-  params, step = load_ema_params(config.sample.run_dir, run, model, model_shape, mesh,
-                                 config.sample.checkpoint,
-                                 previous["checkpoint"]["step"] if previous else None)
-  d, s = run.diffusion, config.sample
-  options = diffusion.sampler_options(
-      sampler=s.sampler, num_steps=s.num_steps, cfg_scale=s.cfg_scale, eta=s.eta,
-      spacing=s.spacing, clip_x0=s.clip_x0, num_classes=conditioning.num_conditions,
-      prediction=d.prediction)
-  schedule = make_schedule(d.schedule, d.num_timesteps)
-  sampler = make_sampler(diffusion.denoise_fn(model), schedule, model_shape, mesh=mesh, **options)
-  if first_stage:
-    sampler = latents.DecodingSampler(sampler, *first_stage)
+  step = previous["checkpoint"]["step"] if previous else None
+  build = _gan_sampler if is_gan_run(run) else _diffusion_sampler
+  sampler, params, step, provenance, first_stage = build(config, run, conditioning, image_shape, mesh,
+                                                        step)
+  s = config.sample
   manifest = {
       "num_classes": num_classes, "image_shape": list(image_shape),
       "class_names": list(train.class_names), "counts": counts.tolist(),
       "total": int(counts.sum()), "shard_size": plan.shard_size, "seed": int(config.seed),
       "run_dir": os.path.abspath(config.sample.run_dir),
       "checkpoint": {"which": config.sample.checkpoint, "step": step},
-      "compute_dtype": resolve_dtype(model_cfg.dtype),
-      "sampler": options,
-      "schedule": {"name": d.schedule, "num_timesteps": int(d.num_timesteps)},
+      **provenance,   # compute_dtype, sampler, schedule
       "label_order": "interleaved", "config": json.loads(config_lib.to_json(config)),
       "filter": filters.settings(s.filter) if filtered else None,
       **conditioning.manifest(),   # condition (and num_groups, group_names when grouped)
   }
   if first_stage:
-    manifest["latent"] = {**first_stage[0].identity(), "latent_shape": list(model_shape),
+    manifest["latent"] = {**first_stage[0].identity(), "latent_shape": list(first_stage[0].latent_shape),
                           "scale_factor": first_stage[1]}
   if conditioning.mode == "group":
     del manifest["class_names"]    # labels are all 0: the samples have no class

@@ -27,7 +27,7 @@ METRICS_FILE = "metrics.json"
 RUN_ARTIFACTS = (CONFIG_FILE, METRICS_FILE, "log.jsonl", "predictions.npz", "checkpoints",
                  "tensorboard", "report.md", "samples", "grids", "candidates", "scores",
                  "filter_report.json", "plots", "mixture.json", "comparison.json", "model_card.json",
-                 "model_card.md")
+                 "model_card.md", "autoencoder")
 
 
 def write_json(path: str, obj) -> None:

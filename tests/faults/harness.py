@@ -61,6 +61,34 @@ AUTOENCODER_ARGS = (
     "--config.train.keep_checkpoints=2", "--config.train.log_every=1")
 
 
+# BAGAN-GP: a 4-step supervised autoencoder stage in WORKDIR/autoencoder, then 6 rounds of 5
+# critic updates and one generator update, checkpoints every 2 steps in both stages.
+GAN_ARGS = (
+    "--config", "configs/bagan_gp.py:tiny", "--config.data.threads=2",
+    "--config.gan.autoencoder_steps=4", "--config.train.steps=6",
+    "--config.train.checkpoint_every=2", "--config.train.sample_every=3",
+    "--config.train.keep_checkpoints=2", "--config.train.log_every=1")
+
+
+CYCLEGAN_ARGS = (
+    "--config", "configs/cyclegan.py:tiny", "--config.data.threads=2", "--config.train.steps=6",
+    "--config.train.checkpoint_every=2", "--config.train.sample_every=3",
+    "--config.train.keep_checkpoints=2", "--config.train.log_every=1")
+
+
+def gan_outcome(workdir: str) -> dict:
+  """A GAN run's training outcome plus its autoencoder stage's (checkpoints, metrics, log)."""
+  out = training_outcome(workdir)
+  stage = training_outcome(os.path.join(workdir, "autoencoder"))
+  out.update({f"autoencoder/{k}": v for k, v in stage.items()})
+  return out
+
+
+def gan_sample_args(run_dir: str) -> tuple[str, ...]:
+  """The small sweep (60 samples in 10 shards) from the GAN run in `run_dir`."""
+  return tuple(a for a in sample_args(run_dir) if not a.startswith("--config.sample.num_steps"))
+
+
 def ldm_args(autoencoder_dir: str) -> tuple[str, ...]:
   """A tiny UNet on the latents of the autoencoder run (a 2-shard train cache, 1 val shard)."""
   unet = [a for a in DIFFUSION_ARGS[2:] if not a.startswith("--config.data.image_size")]
@@ -376,6 +404,18 @@ CASES = {
         "ldm_sample", lambda inputs: sample_args(inputs["ldm"]), sweep_outcome,
         ("shard.before_rename", "manifest.before_rename", "file.before_rename"),
         needs=("ldm",), samples=60),
+    "train_gan": TaskCase(
+        "train_gan", lambda inputs: GAN_ARGS, gan_outcome,
+        ("checkpoint.save_in_flight", "checkpoint.before_commit", "checkpoint.prune",
+         "loop.after_checkpoint", "task.before_metrics", "file.before_rename")),
+    "train_cyclegan": TaskCase(
+        "train_cyclegan", lambda inputs: CYCLEGAN_ARGS, training_outcome,
+        ("checkpoint.save_in_flight", "checkpoint.before_commit", "checkpoint.prune",
+         "loop.after_checkpoint", "task.before_metrics", "file.before_rename")),
+    "gan_sample": TaskCase(
+        "gan_sample", lambda inputs: gan_sample_args(inputs["train_gan"]), sweep_outcome,
+        ("shard.before_rename", "manifest.before_rename", "file.before_rename"),
+        needs=("train_gan",), samples=60),
     # IOIS: the online stage's own loop (guided shards, a checkpoint per epoch, epoch.json)
     "online_recipe": TaskCase(
         "online_recipe", lambda inputs: ONLINE_ARGS,

@@ -27,6 +27,11 @@ KILL_CHAINS = [
     # a checkpoint of the denoiser is in flight; its sweep, writing the second decoded shard.
     ("ldm", ["point:latents.before_rename@2", "point:checkpoint.save_in_flight@2"]),
     ("ldm_sample", ["point:shard.before_rename@2"]),
+    # BAGAN-GP: killed while the autoencoder stage's second checkpoint is in flight, then (on
+    # the rerun, which redoes it) right after the first checkpoint of the rounds.
+    ("train_gan", ["point:checkpoint.save_in_flight@2", "point:loop.after_checkpoint@2"]),
+    ("gan_sample", ["point:shard.before_rename@2", "point:manifest.before_rename@3"]),
+    ("train_cyclegan", ["point:checkpoint.save_in_flight@2"]),
     # IOIS: killed writing epoch 2's guided shard (epoch 1's is the first), then, on the rerun,
     # right after epoch 2's classifier checkpoint (before its epoch.json).
     ("online_recipe", ["point:shard.before_rename@2", "point:loop.after_checkpoint@1"]),

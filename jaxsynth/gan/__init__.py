@@ -1,0 +1,1 @@
+"""Adversarial training: the GAN losses (losses.py) and the jitted training rounds (rounds.py)."""
