@@ -694,7 +694,7 @@ def render(args, cells: dict) -> str:
     with open(args.notes, encoding="utf-8") as f:
       lines += [f.read().strip(), ""]
   os.makedirs(args.figures, exist_ok=True)
-  for dataset in args.sets:
+  for dataset in SETS:   # every set, whichever --sets this call ran: the document is the study's
     here = {k: v for k, v in cells.items() if k[0] == dataset}
     if not here:
       lines += [f"## {dataset}", "", "No finished cells yet.", ""]

@@ -177,6 +177,11 @@ def test_document_is_regenerated_from_the_cells_alone(tmp_path):
   assert "## retinamnist\n\nNo finished cells yet." in doc
   assert os.path.isfile(os.path.join(args.figures, "breastmnist_accuracy_change.png"))
   assert "python -m jaxsynth.main augment 1" in doc
+  # A call on one set rebuilds the whole study's document, not that set's part only.
+  driver.main(["--aggregate-only", "--runs", args.runs, "--cells", args.cells, "--out",
+               args.out, "--notes", args.notes, "--figures", args.figures,
+               "--sets", "retinamnist"])
+  assert "| ce | 0.605 ± 0.007 |" in open(args.out).read()
 
 
 def test_a_refused_run_is_read_from_its_one_line_error(tmp_path):
