@@ -103,3 +103,20 @@ def preprocess(image: np.ndarray, data_cfg, rng: np.random.Generator | None,
     out = color_jitter(out, aug.color_jitter, rng)
   mean, std = norm if norm is not None else normalisation(data_cfg, out.shape[-1])
   return (out - mean) / std
+
+
+def check_tanh_range(data_cfg) -> None:
+  """ConfigError unless the normalisation maps images to [-1, 1], a tanh generator's range
+  (data.mean = data.std = 0.5, no per-channel values)."""
+  if data_cfg.get("channel_mean", ()) or data_cfg.get("channel_std", ()) or (
+      data_cfg.mean, data_cfg.std) != (0.5, 0.5):
+    raise ConfigError(f"config key 'data.mean' has bad value {data_cfg.mean!r}: the generator's "
+                      "tanh output spans [-1, 1], the images' range only with data.mean=0.5 and "
+                      "data.std=0.5 (and no data.channel_mean or channel_std): set those")
+
+
+def normalised_images(source, data_cfg, image_shape) -> np.ndarray:
+  """Every image of `source`, in order, preprocessed without augmentation, (N, H, W, C)."""
+  norm = normalisation(data_cfg, image_shape[-1])
+  return np.stack([preprocess(source[i]["image"], data_cfg, None, norm)
+                   for i in range(len(source))])

@@ -117,9 +117,7 @@ def _load_cyclegan(run_dir, run, mesh, step, dtype, train, image_shape) -> GanGe
                          "latest", step)
   source_class = int(run.cyclegan.source_class)
   source = SubsetSource(train, np.flatnonzero(train.labels == source_class))
-  norm = augment.normalisation(run.data, image_shape[-1])
-  images = np.stack([augment.preprocess(source[i]["image"], run.data, None, norm)
-                     for i in range(len(source))])
+  images = augment.normalised_images(source, run.data, image_shape)
   variables = {"params": {"g_xy": state.ema_params["g_xy"]}, "source": images}
   provenance = {"sampler": "cyclegan", "source_class": source_class,
                 "target_class": int(run.cyclegan.target_class), "source_images": len(source),

@@ -65,12 +65,7 @@ def check_config(config) -> None:
     raise _bad("cyclegan.target_class", c.target_class,
                "translate between two different classes: set cyclegan.source_class (a majority "
                "class) and cyclegan.target_class (the minority class to make)")
-  data = config.data
-  if data.get("channel_mean", ()) or data.get("channel_std", ()) or (data.mean, data.std) != (
-      0.5, 0.5):
-    raise _bad("data.mean", data.mean, "the generators' tanh output spans [-1, 1], the images' "
-               "range only with data.mean=0.5 and data.std=0.5 (and no data.channel_mean or "
-               "channel_std): set those")
+  augment.check_tanh_range(config.data)
 
 
 def domain(train: ImageSource, cls: int, key: str) -> ImageSource:
@@ -110,19 +105,11 @@ def optimizers(config):
       config.train, float(config.train.learning_rate))
 
 
-def source_images(config, setup_or_source, image_shape) -> np.ndarray:
-  """The normalised images of a domain, in order (what a sweep translates)."""
-  source = getattr(setup_or_source, "source", setup_or_source)
-  norm = augment.normalisation(config.data, image_shape[-1])
-  return np.stack([augment.preprocess(source[i]["image"], config.data, None, norm)
-                   for i in range(len(source))])
-
-
 def make_grid_fn(config, setup: Setup, workdir: str, writer: MetricWriter):
   """fn(step, state): source images, G(x) and F(G(x)), one row each."""
   n = min(8, len(setup.source))
-  x = jnp.asarray(source_images(config, SubsetSource(setup.source, np.arange(n)),
-                                setup.image_shape))
+  x = jnp.asarray(augment.normalised_images(SubsetSource(setup.source, np.arange(n)),
+                                            config.data, setup.image_shape))
   model = setup.model
   translate = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.to_y))
   back = jax.jit(lambda p, y: model.apply({"params": p}, y, method=model.to_x))

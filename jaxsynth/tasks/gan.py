@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxsynth import faults, files
 from jaxsynth.data import augment, pipeline
-from jaxsynth.data.base import ImageSource
+from jaxsynth.data.base import ImageSource, SubsetSource
 from jaxsynth.data.sources import open_source
 from jaxsynth.errors import ConfigError, DataError
 from jaxsynth.gan import losses, rounds, state as gan_state_lib
@@ -105,12 +105,7 @@ def check_config(config) -> None:
                "gan.autoencoder_steps > 0; or set gan.init=none")
   if g.grid_rows < 0:
     raise _bad("gan.grid_rows", g.grid_rows, "use 0 (no grids) or a number of noise rows")
-  data = config.data
-  if data.get("channel_mean", ()) or data.get("channel_std", ()) or (data.mean, data.std) != (
-      0.5, 0.5):
-    raise _bad("data.mean", data.mean, "the generator's tanh output spans [-1, 1], the images' "
-               "range only with data.mean=0.5 and data.std=0.5 (and no data.channel_mean or "
-               "channel_std): set those")
+  augment.check_tanh_range(config.data)
 
 
 def build_setup(config) -> Setup:
@@ -271,11 +266,10 @@ def class_gaussians(config, setup: Setup, encoder_params) -> dict:
 
 def grid_images(config, setup: Setup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(a real train image per class, fixed noise (rows, latent), labels per noise row)."""
-  norm = augment.normalisation(config.data, setup.image_shape[-1])
   labels = setup.train.labels
-  reals = np.stack([augment.preprocess(setup.train[int(np.flatnonzero(labels == c)[0])]["image"],
-                                       config.data, None, norm)
-                    for c in range(setup.num_classes)])
+  firsts = [int(np.flatnonzero(labels == c)[0]) for c in range(setup.num_classes)]
+  reals = augment.normalised_images(SubsetSource(setup.train, np.asarray(firsts)), config.data,
+                                    setup.image_shape)
   noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(config.seed), GRID_STREAM),
                             (int(config.gan.grid_rows), setup.settings.latent_dim))
   return reals, np.asarray(noise), np.arange(setup.num_classes)
